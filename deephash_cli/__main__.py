@@ -1,0 +1,3 @@
+from deephash_cli.cli import main
+
+main()
