@@ -1,0 +1,225 @@
+"""The `deephash` command line: thin commands over the library and the HDF5 artifacts.
+
+Each command parses options, reads artifacts, makes one library call and writes artifacts.
+stdout carries only the output path (or JSON with --json); everything human goes to stderr.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+import traceback
+from pathlib import Path
+from typing import Callable, List, Optional
+
+import typer
+
+from deephash_cli import __version__
+from deephash_cli.errors import DeephashError
+
+app = typer.Typer(
+    name="deephash",
+    help="Image retrieval representations as chainable stages: CNN features, triplet embeddings, binary "
+    "hash codes, all judged by one evaluation (mAP, precision@K, kNN accuracy, t-SNE).",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+_STATE = {"debug": False}
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"deephash {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    debug: bool = typer.Option(False, "--debug", help="Show full tracebacks on errors."),
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version."),
+) -> None:
+    _STATE["debug"] = debug
+
+
+def command(name: str, **kwargs) -> Callable:
+    """Register a command whose user errors become one `error:` line on stderr and exit status 2."""
+
+    def decorator(function: Callable) -> Callable:
+        @functools.wraps(function)
+        def wrapper(*args, **kw):
+            try:
+                return function(*args, **kw)
+            except (typer.Exit, typer.Abort, SystemExit):
+                raise
+            except DeephashError as err:
+                if _STATE["debug"]:
+                    traceback.print_exc(file=sys.stderr)
+                typer.echo(f"error: {err}", err=True)
+                raise typer.Exit(2) from None
+            except KeyboardInterrupt:
+                typer.echo("error: interrupted", err=True)
+                raise typer.Exit(130) from None
+            except Exception as err:  # noqa: BLE001 - last line of defence, tracebacks only with --debug
+                if _STATE["debug"]:
+                    traceback.print_exc(file=sys.stderr)
+                else:
+                    typer.echo(f"error: internal error {type(err).__name__}: {err} (rerun with --debug for the "
+                               f"traceback)", err=True)
+                raise typer.Exit(1) from None
+
+        return app.command(name, **kwargs)(wrapper)
+
+    return decorator
+
+
+def _default_output(stem: str) -> Path:
+    """artifacts/<stem>, the default output folder when -o is not given."""
+    folder = Path("artifacts")
+    folder.mkdir(exist_ok=True)
+    return folder / stem
+
+
+def _parse_metrics(text: str) -> tuple[list[int], list[int], bool, bool]:
+    """'map,map@1000,precision@100,knn' -> (map_at Ks, precision_at Ks, want map, want knn)."""
+    map_at, precision_at, want_map, want_knn = [], [], False, False
+    for raw in (part.strip() for part in text.split(",") if part.strip()):
+        name, _, k = raw.partition("@")
+        if name not in ("map", "precision", "knn") or (name in ("knn",) and k) or (name == "precision" and not k):
+            raise DeephashError(f"unknown metric '{raw}'; valid names: map, map@K, precision@K, knn")
+        if k:
+            try:
+                value = int(k)
+            except ValueError:
+                raise DeephashError(f"metric '{raw}': K must be a positive integer") from None
+            if value <= 0:
+                raise DeephashError(f"metric '{raw}': K must be a positive integer")
+            (map_at if name == "map" else precision_at).append(value)
+        elif name == "map":
+            want_map = True
+        else:
+            want_knn = True
+    return map_at, precision_at, want_map, want_knn
+
+
+# --------------------------------------------------------------------------- extract
+
+
+@command("extract")
+def extract(
+    dataset: str = typer.Option("digits", help="Dataset: cifar10 (torchvision's, downloaded when reachable, "
+                                "else --data-dir), imagefolder (ROOT/train/<class>/*, ROOT/test/<class>/*), "
+                                "digits (scikit-learn's 8×8 digits, offline)."),
+    data_dir: Optional[str] = typer.Option(None, help="Dataset folder (cifar10: where cifar-10-batches-py is or "
+                                           "goes, default ./data; imagefolder: ROOT)."),
+    backbone: str = typer.Option("pixels", help="Feature extractor. Layers: vgg16/vgg19 fc7 after ReLU (4096); "
+                                 "resnet18/34 global pool (512), resnet50/101/152 (2048); mobilenet_v2 and "
+                                 "efficientnet_b0 global pool (1280); mobilenet_v3_small/large penultimate "
+                                 "(1024/1280); pixels: raw normalised pixels."),
+    weights: str = typer.Option("default", help="'default': torchvision's pretrained weights (downloaded and "
+                                "cached by torchvision); 'none': random init; PATH: a state_dict file of the full "
+                                "torchvision model, loaded with weights_only=True."),
+    image_size: Optional[int] = typer.Option(None, help="Resize (short side) and centre-crop size. Default: 224 "
+                                             "for CNN backbones, the native size for pixels."),
+    mean: str = typer.Option("0.485,0.456,0.406", help="Per-channel mean for normalisation (ImageNet's; the "
+                             "shared MobileNetV2 weights need 0.5,0.5,0.5)."),
+    std: str = typer.Option("0.229,0.224,0.225", help="Per-channel std for normalisation (ImageNet's; the "
+                            "shared MobileNetV2 weights need 0.5,0.5,0.5)."),
+    batch_size: int = typer.Option(128, help="Images per forward pass."),
+    device: str = typer.Option("auto", help="auto (CUDA when present), cpu or cuda."),
+    workers: int = typer.Option(1, help="DataLoader worker processes decoding images (0: in the main process)."),
+    limit_per_class: Optional[int] = typer.Option(None, help="Keep only the first N items of each class per split "
+                                                  "(quick subsets)."),
+    test_fraction: float = typer.Option(0.2, help="Test share of the stratified split made when the dataset has "
+                                        "no test split (digits, imagefolder without test/)."),
+    seed: int = typer.Option(0, help="Seed of that split."),
+    skip_corrupt: bool = typer.Option(False, help="Leave out images that fail to decode (warned and counted in "
+                                      "the artifact) instead of failing with the file's path."),
+    output: Optional[Path] = typer.Option(None, "-o", "--output", help="Output features artifact. Default: "
+                                          "artifacts/<dataset>-<backbone>.h5"),
+    force: bool = typer.Option(False, help="Overwrite an existing output."),
+) -> None:
+    """Extract features of every split with a pretrained CNN (layer before the classifier) into HDF5."""
+    from deephash_cli import stages
+
+    out = output or _default_output(f"{dataset}-{backbone}.h5")
+    path = stages.run_extract(
+        out, dataset=dataset, data_dir=data_dir, backbone=backbone, weights=weights, image_size=image_size,
+        mean=mean, std=std, batch_size=batch_size, device=device, workers=workers,
+        limit_per_class=limit_per_class, test_fraction=test_fraction, seed=seed, skip_corrupt=skip_corrupt,
+        force=force)
+    typer.echo(str(path))
+
+
+# --------------------------------------------------------------------------- evaluate
+
+
+@command("evaluate")
+def evaluate(
+    file: Path = typer.Argument(..., help="A features, embeddings or codes artifact."),
+    metric: str = typer.Option("map,precision@100,knn", "--metric", "-m", help="Comma-separated: map (mAP over "
+                               "the whole database), map@K, precision@K, knn."),
+    k: int = typer.Option(10, "--k", help="Neighbours in the kNN vote."),
+    distance: Optional[str] = typer.Option(None, help="euclidean or cosine for float features (default "
+                                           "euclidean); codes always use Hamming."),
+    ties: str = typer.Option("expected", help="How Hamming ties enter the headline mAP: expected (tie-aware, "
+                             "McSherry & Najork 2008), optimistic or pessimistic. JSON reports all three."),
+    protocol: str = typer.Option("splits", help="splits: --query-split against --database-split; pooled: "
+                                 "--queries-per-class items per class of --query-split against all other items "
+                                 "(the standard hashing protocol: 1,000 vs 59,000 on CIFAR-10)."),
+    query_split: str = typer.Option("test", help="Split the queries come from."),
+    database_split: str = typer.Option("train", help="Database split (protocol splits)."),
+    queries_per_class: int = typer.Option(100, help="Queries per class (protocol pooled)."),
+    seed: int = typer.Option(0, help="Seed of the pooled protocol's query draw."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object on stdout instead of a table."),
+) -> None:
+    """Retrieval quality of an artifact: mAP, mAP@K, precision@K and kNN accuracy, one methodology for all."""
+    from deephash_cli import stages
+
+    map_at, precision_at, _, _ = _parse_metrics(metric)
+    if ties not in ("expected", "optimistic", "pessimistic"):
+        raise DeephashError(f"unknown --ties '{ties}'; valid names: expected, optimistic, pessimistic")
+    result = stages.run_evaluate(file, map_at=map_at, precision_at=precision_at, knn_k=k, distance=distance,
+                                   protocol=protocol, query_split=query_split, database_split=database_split,
+                                   queries_per_class=queries_per_class, seed=seed, ties=ties)
+    if as_json:
+        typer.echo(json.dumps(result, indent=2))
+    else:
+        from deephash_cli.reporting import evaluation_table
+        from deephash_cli.ui import stderr_console
+
+        stderr_console().print(evaluation_table(result))
+        typer.echo(str(file))
+
+
+# --------------------------------------------------------------------------- plot-tsne
+
+
+@command("plot-tsne")
+def plot_tsne(
+    file: Path = typer.Argument(..., help="A features, embeddings or codes artifact."),
+    output: Path = typer.Option(..., "-o", "--output", help="Output PNG."),
+    split: str = typer.Option("test", help="Split to plot."),
+    max_points: int = typer.Option(5000, help="Stratified subsample size (keeps class proportions)."),
+    perplexity: float = typer.Option(30.0, help="t-SNE perplexity."),
+    seed: int = typer.Option(0, help="Seed of the subsample and of t-SNE."),
+    title: Optional[str] = typer.Option(None, help="Plot title (default: file, split and point count)."),
+    force: bool = typer.Option(False, help="Overwrite an existing output."),
+) -> None:
+    """t-SNE scatter of one split, coloured by class (codes are plotted as ±1 vectors)."""
+    from deephash_cli import stages
+
+    typer.echo(str(stages.run_plot_tsne(file, output, split=split, max_points=max_points, perplexity=perplexity,
+                                          seed=seed, title=title, force=force)))
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,283 @@
+"""Image datasets as (train, test) pairs of indexable sources: digits, CIFAR-10, image folders.
+
+Every source yields ``(PIL.Image RGB, label int, index int)`` where ``index`` is the item's
+position in the source dataset (stored in artifacts so every row can be traced back).
+"""
+
+from __future__ import annotations
+
+import io
+import pickle
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from deephash_cli.errors import DeephashError
+from deephash_cli.registry import Registry
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
+
+
+class CorruptImageError(DeephashError):
+    """An image file that does not decode; carries its path."""
+
+    def __init__(self, path: str, reason: str) -> None:
+        super().__init__(f"{path}: cannot decode image ({reason})")
+        self.path = path
+
+
+@dataclass
+class ImageSource:
+    """An indexable list of images: ``load(i) -> PIL RGB image``; labels and dataset indices."""
+
+    labels: np.ndarray  # (n,) int64
+    index: np.ndarray  # (n,) int64, position in the source dataset
+    load: Callable[[int], Image.Image]
+    describe: Callable[[int], str]  # a human name for item i (a path, or "cifar10 train #i")
+
+    def __len__(self) -> int:
+        return int(self.labels.shape[0])
+
+    def subset(self, rows: np.ndarray) -> "ImageSource":
+        """The items at ``rows`` (positions in this source), keeping their dataset indices."""
+        rows = np.asarray(rows, dtype=np.int64)
+        load, describe = self.load, self.describe
+        return ImageSource(self.labels[rows], self.index[rows], lambda i: load(int(rows[i])),
+                           lambda i: describe(int(rows[i])))
+
+
+@dataclass
+class DatasetSplits:
+    """The train and test sources of a dataset and how the split was made."""
+
+    name: str
+    class_names: list[str]
+    train: ImageSource
+    test: ImageSource
+    split_info: dict  # e.g. {"test_split": "predefined"} or {"test_split": "stratified", "seed": 0, ...}
+
+
+DATASETS: Registry[Callable[..., DatasetSplits]] = Registry("dataset")
+
+
+# --------------------------------------------------------------------------- splitting
+
+
+def stratified_split(labels: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Seeded stratified split of positions ``0..n-1`` into (kept, held_out), ``fraction`` held out per class.
+
+    Every class keeps at least one item on each side; a class too small for that raises.
+    """
+    if not 0.0 < fraction < 1.0:
+        raise DeephashError(f"split fraction must lie strictly between 0 and 1, got {fraction}")
+    rng = np.random.default_rng(seed)
+    kept, held = [], []
+    for cls in np.unique(labels):
+        members = np.flatnonzero(labels == cls)
+        rng.shuffle(members)
+        n_held = int(round(fraction * len(members)))
+        if n_held == 0 or n_held == len(members):
+            raise DeephashError(f"class {cls} has {len(members)} items: a fraction of {fraction} leaves one side "
+                                f"of the split without any item of it")
+        held.append(members[:n_held])
+        kept.append(members[n_held:])
+    return np.sort(np.concatenate(kept)), np.sort(np.concatenate(held))
+
+
+def limit_per_class(source: ImageSource, limit: int | None) -> ImageSource:
+    """The first ``limit`` items of each class (in dataset order), for quick subsets."""
+    if limit is None:
+        return source
+    if limit <= 0:
+        raise DeephashError(f"--limit-per-class must be positive, got {limit}")
+    rows = np.concatenate([np.flatnonzero(source.labels == c)[:limit] for c in np.unique(source.labels)])
+    return source.subset(np.sort(rows))
+
+
+# --------------------------------------------------------------------------- digits
+
+
+@DATASETS.register("digits")
+def load_digits(data_dir: str | None = None, *, test_fraction: float = 0.2, seed: int = 0) -> DatasetSplits:
+    """scikit-learn's handwritten digits: 1,797 grey 8×8 images, 10 classes; ships with scikit-learn.
+
+    There is no predefined test split, so a stratified seeded one is made (``test_fraction``).
+    Pixel values 0..16 are scaled to 0..255 and the images replicated to RGB.
+    """
+    from sklearn.datasets import load_digits as sk_load_digits
+
+    bunch = sk_load_digits()
+    images = np.clip(np.round(bunch.images * (255.0 / 16.0)), 0, 255).astype(np.uint8)  # (n, 8, 8)
+    labels = bunch.target.astype(np.int64)
+    train_rows, test_rows = stratified_split(labels, test_fraction, seed)
+    full = ImageSource(labels, np.arange(len(labels), dtype=np.int64),
+                       lambda i: Image.fromarray(images[i], mode="L").convert("RGB"),
+                       lambda i: f"digits #{i}")
+    return DatasetSplits("digits", [str(d) for d in range(10)], full.subset(train_rows), full.subset(test_rows),
+                         {"test_split": "stratified", "test_fraction": test_fraction, "seed": seed})
+
+
+# --------------------------------------------------------------------------- CIFAR-10
+
+
+class _ArrayOnlyUnpickler(pickle.Unpickler):
+    """Unpickles CIFAR's python batches without running arbitrary code.
+
+    The batches are dicts of bytes/str/lists/ints and one numpy array; only the globals numpy
+    needs to rebuild an array are allowed, anything else is refused. So a doctored batch file
+    cannot execute code the way plain ``pickle.load`` (used by torchvision's reader) would.
+    """
+
+    ALLOWED = {
+        ("numpy.core.multiarray", "_reconstruct"),
+        ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy", "ndarray"),
+        ("numpy", "dtype"),
+        ("_codecs", "encode"),
+    }
+
+    def find_class(self, module: str, name: str):  # noqa: D102 - pickle API
+        if (module, name) in self.ALLOWED:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"refusing to load global {module}.{name}")
+
+
+def read_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """One CIFAR-10 python batch: images (n, 32, 32, 3) uint8 HWC and labels (n,) int64."""
+    try:
+        with open(path, "rb") as handle:
+            entry = _ArrayOnlyUnpickler(io.BufferedReader(handle), encoding="latin1").load()
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError) as err:
+        raise DeephashError(f"{path}: not a CIFAR-10 python batch ({err})") from None
+    if not isinstance(entry, dict):
+        raise DeephashError(f"{path}: not a CIFAR-10 python batch (found {type(entry).__name__})")
+    entry = {(k.decode() if isinstance(k, bytes) else k): v for k, v in entry.items()}
+    if "data" not in entry or ("labels" not in entry and "fine_labels" not in entry):
+        raise DeephashError(f"{path}: CIFAR batch without 'data' and 'labels'")
+    data = np.asarray(entry["data"], dtype=np.uint8)
+    labels = np.asarray(entry.get("labels", entry.get("fine_labels")), dtype=np.int64)
+    if data.ndim != 2 or data.shape[1] != 3072 or data.shape[0] != labels.shape[0]:
+        raise DeephashError(f"{path}: expected data (n, 3072) and n labels, found {data.shape} and {labels.shape}")
+    return data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1), labels
+
+
+CIFAR10_FOLDER = "cifar-10-batches-py"
+CIFAR10_TRAIN = [f"data_batch_{i}" for i in range(1, 6)]
+CIFAR10_TEST = ["test_batch"]
+
+
+def _find_cifar_folder(data_dir: Path) -> Path | None:
+    for candidate in (data_dir / CIFAR10_FOLDER, data_dir):
+        if all((candidate / name).exists() for name in CIFAR10_TRAIN + CIFAR10_TEST + ["batches.meta"]):
+            return candidate
+    return None
+
+
+@DATASETS.register("cifar10")
+def load_cifar10(data_dir: str | None = None, *, download: bool = True, **_: object) -> DatasetSplits:
+    """CIFAR-10 (python version): 50,000 train / 10,000 test 32×32 colour images, 10 classes.
+
+    Looks for ``cifar-10-batches-py`` in ``data_dir`` (default ``./data``); when absent and
+    ``download`` is set, torchvision downloads and checksums it there. The batches are then read
+    with a restricted unpickler (numpy arrays only).
+    """
+    root = Path(data_dir or "data")
+    folder = _find_cifar_folder(root)
+    if folder is None and download:
+        try:
+            from torchvision.datasets import CIFAR10
+
+            CIFAR10(str(root), train=True, download=True)
+        except Exception as err:  # noqa: BLE001 - any network/IO failure means "not available"
+            raise DeephashError(f"CIFAR-10 not found in {root} and the download failed ({type(err).__name__}: "
+                                f"{err}); pass --data-dir with a {CIFAR10_FOLDER} folder, or use --dataset "
+                                f"imagefolder for a folder of JPEGs") from None
+        folder = _find_cifar_folder(root)
+    if folder is None:
+        raise DeephashError(f"CIFAR-10 not found in {root}: expected {CIFAR10_FOLDER}/ with "
+                            f"{', '.join(CIFAR10_TRAIN + CIFAR10_TEST)} and batches.meta")
+    meta = _ArrayOnlyUnpickler(open(folder / "batches.meta", "rb"), encoding="latin1").load()
+    meta = {(k.decode() if isinstance(k, bytes) else k): v for k, v in meta.items()}
+    class_names = [n.decode() if isinstance(n, bytes) else str(n) for n in meta["label_names"]]
+
+    def source(names: Sequence[str], split: str) -> ImageSource:
+        parts = [read_cifar_batch(folder / name) for name in names]
+        images = np.concatenate([p[0] for p in parts])
+        labels = np.concatenate([p[1] for p in parts])
+        return ImageSource(labels, np.arange(len(labels), dtype=np.int64), lambda i: Image.fromarray(images[i]),
+                           lambda i: f"cifar10 {split} #{i}")
+
+    return DatasetSplits("cifar10", class_names, source(CIFAR10_TRAIN, "train"), source(CIFAR10_TEST, "test"),
+                         {"test_split": "predefined"})
+
+
+# --------------------------------------------------------------------------- image folders
+
+
+def _list_images(folder: Path) -> dict[str, list[Path]]:
+    classes = sorted(p.name for p in folder.iterdir() if p.is_dir())
+    return {c: sorted(p for p in (folder / c).rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
+            for c in classes}
+
+
+def _open_image(path: Path) -> Image.Image:
+    try:
+        with Image.open(path) as image:
+            return image.convert("RGB")
+    except (UnidentifiedImageError, OSError, ValueError) as err:
+        raise CorruptImageError(str(path), str(err) or type(err).__name__) from None
+
+
+@DATASETS.register("imagefolder")
+def load_imagefolder(data_dir: str | None = None, *, test_fraction: float = 0.2, seed: int = 0,
+                     **_: object) -> DatasetSplits:
+    """Images in ``ROOT/train/<class>/*`` and ``ROOT/test/<class>/*`` (CUB-200, Stanford Dogs, CIFAR JPEGs).
+
+    Without ``ROOT/test``, the classes are read from ``ROOT/train/<class>`` or else ``ROOT/<class>``
+    and a stratified, seeded split (``test_fraction``, ``seed``) is made and recorded. Classes are
+    sorted by name; files by path. The index of an item is its position in that sorted listing
+    (train files first, then test files).
+    """
+    if data_dir is None:
+        raise DeephashError("--dataset imagefolder needs --data-dir ROOT")
+    root = Path(data_dir)
+    if not root.is_dir():
+        raise DeephashError(f"{root}: no such folder")
+    train_dir = root / "train" if (root / "train").is_dir() else root
+    train_files = _list_images(train_dir)
+    test_files = _list_images(root / "test") if (root / "test").is_dir() else None
+    if test_files is not None and sorted(test_files) != sorted(train_files):
+        raise DeephashError(f"{root}: train and test hold different class folders "
+                            f"({sorted(set(train_files) ^ set(test_files))[:5]} differ)")
+    class_names = sorted(train_files)
+    if not class_names or not any(train_files.values()):
+        raise DeephashError(f"{train_dir}: no class folders with images ({', '.join(IMAGE_EXTENSIONS)})")
+
+    def flatten(files: dict[str, list[Path]]) -> tuple[list[Path], np.ndarray]:
+        paths = [p for c in class_names for p in files[c]]
+        labels = np.array([i for i, c in enumerate(class_names) for _ in files[c]], dtype=np.int64)
+        return paths, labels
+
+    train_paths, train_labels = flatten(train_files)
+    if test_files is None:
+        everything = ImageSource(train_labels, np.arange(len(train_paths), dtype=np.int64),
+                                 lambda i: _open_image(train_paths[i]), lambda i: str(train_paths[i]))
+        train_rows, test_rows = stratified_split(train_labels, test_fraction, seed)
+        return DatasetSplits("imagefolder", class_names, everything.subset(train_rows), everything.subset(test_rows),
+                             {"test_split": "stratified", "test_fraction": test_fraction, "seed": seed,
+                              "root": str(root)})
+    test_paths, test_labels = flatten(test_files)
+    offset = len(train_paths)
+    train = ImageSource(train_labels, np.arange(offset, dtype=np.int64), lambda i: _open_image(train_paths[i]),
+                        lambda i: str(train_paths[i]))
+    test = ImageSource(test_labels, np.arange(offset, offset + len(test_paths), dtype=np.int64),
+                       lambda i: _open_image(test_paths[i]), lambda i: str(test_paths[i]))
+    return DatasetSplits("imagefolder", class_names, train, test, {"test_split": "predefined", "root": str(root)})
+
+
+def load_dataset(name: str, data_dir: str | None, **options: object) -> DatasetSplits:
+    """The dataset registered as ``name`` (digits, cifar10, imagefolder)."""
+    return DATASETS.get(name)(data_dir, **options)

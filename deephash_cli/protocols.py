@@ -1,0 +1,65 @@
+"""Which items are queries and which form the database: the evaluation protocols. Pure selection."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from deephash_cli.artifacts import Artifact
+from deephash_cli.errors import DeephashError
+
+PROTOCOLS = ("splits", "pooled")
+
+
+@dataclass
+class QueryDatabase:
+    """Query and database arrays with labels, and a sentence saying how they were chosen."""
+
+    query: np.ndarray
+    query_labels: np.ndarray
+    database: np.ndarray
+    database_labels: np.ndarray
+    description: str
+
+
+def select(artifact: Artifact, *, protocol: str = "splits", query_split: str = "test",
+           database_split: str = "train", queries_per_class: int = 100, seed: int = 0) -> QueryDatabase:
+    """Pick queries and database from an artifact.
+
+    - ``splits``: every item of ``query_split`` against every item of ``database_split`` (the
+      splits must differ, so no query meets itself).
+    - ``pooled``: the standard hashing protocol (e.g. DPSH/DTSH on CIFAR-10): ``queries_per_class``
+      items per class drawn (seeded) from ``query_split`` are the queries; all other items of all
+      splits form the database (CIFAR-10: 1,000 queries against 59,000).
+    """
+    if protocol not in PROTOCOLS:
+        raise DeephashError(f"unknown protocol '{protocol}'; valid names: {', '.join(PROTOCOLS)}")
+    if protocol == "splits":
+        if query_split == database_split:
+            raise DeephashError(f"query and database splits are both '{query_split}'; choose different splits "
+                                f"or --protocol pooled")
+        q, db = artifact.split(query_split), artifact.split(database_split)
+        return QueryDatabase(q.data, q.labels, db.data, db.labels,
+                             f"{query_split} ({len(q)}) against {database_split} ({len(db)})")
+    if queries_per_class <= 0:
+        raise DeephashError(f"--queries-per-class must be positive, got {queries_per_class}")
+    source = artifact.split(query_split)
+    rng = np.random.default_rng(seed)
+    picked = []
+    for cls in np.unique(source.labels):
+        members = np.flatnonzero(source.labels == cls)
+        if len(members) <= queries_per_class:
+            raise DeephashError(f"class {cls} has {len(members)} items in '{query_split}', not more than "
+                                f"--queries-per-class {queries_per_class}")
+        picked.append(rng.choice(members, size=queries_per_class, replace=False))
+    query_rows = np.sort(np.concatenate(picked))
+    rest = np.ones(len(source), dtype=bool)
+    rest[query_rows] = False
+    parts = [(source.data[rest], source.labels[rest])]
+    parts += [(artifact.splits[s].data, artifact.splits[s].labels) for s in artifact.splits if s != query_split]
+    database = np.concatenate([p[0] for p in parts])
+    database_labels = np.concatenate([p[1] for p in parts])
+    return QueryDatabase(source.data[query_rows], source.labels[query_rows], database, database_labels,
+                         f"{len(query_rows)} queries ({queries_per_class}/class from {query_split}, seed {seed}) "
+                         f"against the other {len(database_labels)} items of {', '.join(artifact.splits)}")

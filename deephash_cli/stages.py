@@ -1,0 +1,136 @@
+"""Stages: read artifacts, make the library call, write artifacts. The CLI calls exactly one of these.
+
+Stages own the glue between the HDF5 module and the pure math modules (metrics, losses, codes)
+and the progress display; they hold no math of their own.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from deephash_cli import artifacts
+from deephash_cli.errors import DeephashError
+from deephash_cli.ui import advance, progress_bar, stderr_console, warn
+
+
+# --------------------------------------------------------------------------- extract
+
+
+def run_extract(output: Path, *, dataset: str, data_dir: str | None, backbone: str, weights: str,
+                image_size: int | None, mean: str, std: str, batch_size: int, device: str, workers: int,
+                limit_per_class: int | None, test_fraction: float, seed: int, skip_corrupt: bool,
+                force: bool) -> Path:
+    """Extract features for the train and test splits of ``dataset`` into a features artifact."""
+    from deephash_cli.backbones import BACKBONES, build_backbone, resolve_device
+    from deephash_cli.datasets import DATASETS, limit_per_class as limit, load_dataset
+    from deephash_cli.extract import ExtractStats, extract_chunks, make_transform, parse_triple
+
+    spec = BACKBONES.get(backbone)
+    DATASETS.get(dataset)
+    artifacts.check_output(output, force)
+    mean_rgb, std_rgb = parse_triple(mean, "--mean"), parse_triple(std, "--std")
+    torch_device = resolve_device(device)
+    data = load_dataset(dataset, data_dir, test_fraction=test_fraction, seed=seed)
+    sources = {"train": limit(data.train, limit_per_class), "test": limit(data.test, limit_per_class)}
+    if image_size is None:
+        image_size = data.train.load(0).size[0] if backbone == "pixels" else 224
+    model, spec = build_backbone(backbone, weights)
+    transform = make_transform(image_size, mean_rgb, std_rgb)
+    dim = spec.dim if spec.dim is not None else 3 * image_size * image_size
+    weights_info: dict[str, Any] = {"weights": weights}
+    if weights not in ("default", "none"):
+        weights_info["weights_sha256"] = artifacts.sha256_file(weights)
+    config = {"stage": "extract", "dataset": dataset, "data_dir": data_dir, "backbone": backbone,
+              "layer": spec.layer, "dim": dim, **weights_info, "image_size": image_size, "mean": mean_rgb,
+              "std": std_rgb, "batch_size": batch_size, "device": str(torch_device),
+              "limit_per_class": limit_per_class, **{f"split_{k}": v for k, v in data.split_info.items()}}
+    stats = {name: ExtractStats() for name in sources}
+    start = time.perf_counter()
+    with artifacts.ArtifactWriter(output, kind="features", class_names=data.class_names, config=config,
+                                  force=force) as writer:
+        for name, source in sources.items():
+            split_writer = writer.create_split(name, len(source), dim=dim, resizable=skip_corrupt)
+            with progress_bar(f"extract {name}", total=len(source)) as progress:
+                for chunk in extract_chunks(model, source, transform, image_size, batch_size=batch_size,
+                                            device=torch_device, workers=workers, skip_corrupt=skip_corrupt,
+                                            stats=stats[name], on_batch=lambda n: advance(progress, n)):
+                    split_writer.write(*chunk)
+            if stats[name].skipped:
+                warn(f"{name}: skipped {len(stats[name].skipped)} undecodable images, e.g. {stats[name].skipped[0]}")
+        seconds = time.perf_counter() - start
+        total = sum(s.images for s in stats.values())
+        writer.set_attr("extraction", {"seconds": round(seconds, 3), "images": total,
+                                       "images_per_second": round(total / max(seconds, 1e-9), 2),
+                                       "skipped": {k: s.skipped for k, s in stats.items()}})
+    return output
+
+
+# --------------------------------------------------------------------------- evaluate
+
+
+def run_evaluate(file: Path, *, map_at: list[int], precision_at: list[int], knn_k: int, distance: str | None,
+                 protocol: str, query_split: str, database_split: str, queries_per_class: int, seed: int,
+                 ties: str = "expected") -> dict[str, Any]:
+    """Evaluate retrieval on an artifact; returns the JSON-able result (see docs/evaluation.md)."""
+    from deephash_cli.metrics import evaluate_retrieval
+    from deephash_cli.protocols import select
+
+    artifact = artifacts.read_artifact(file, expect_kinds=("features", "embeddings", "codes"))
+    is_codes = artifact.kind == "codes"
+    if is_codes:
+        if distance not in (None, "hamming"):
+            raise DeephashError(f"{file} holds binary codes: distance is Hamming, not {distance}")
+        distance = "hamming"
+    elif distance is None:
+        distance = "euclidean"
+    elif distance not in ("euclidean", "cosine"):
+        raise DeephashError(f"unknown distance '{distance}'; valid names: euclidean, cosine (codes: hamming)")
+    chosen = select(artifact, protocol=protocol, query_split=query_split, database_split=database_split,
+                    queries_per_class=queries_per_class, seed=seed)
+    bits = next(iter(artifact.splits.values())).bits if is_codes else None
+    start = time.perf_counter()
+    result = evaluate_retrieval(chosen.query, chosen.query_labels, chosen.database, chosen.database_labels,
+                                distance=distance, bits=bits, map_at=tuple(map_at),
+                                precision_at=tuple(precision_at), knn_k=knn_k)
+    seconds = time.perf_counter() - start
+    summary = result.to_dict()
+    summary["map_expected"] = summary["map"]
+    summary["map"] = {"expected": result.map, "optimistic": result.map_optimistic,
+                      "pessimistic": result.map_pessimistic}[ties]
+    summary.update({"ties": ties, "file": str(file), "kind": artifact.kind, "bits": bits,
+                    "protocol": protocol, "selection": chosen.description, "seconds": round(seconds, 3),
+                    "config": artifact.config})
+    return summary
+
+
+# --------------------------------------------------------------------------- plot-tsne
+
+
+def run_plot_tsne(file: Path, output: Path, *, split: str, max_points: int, perplexity: float, seed: int,
+                  title: str | None, force: bool) -> Path:
+    """t-SNE of one split of an artifact, saved as a PNG."""
+    from deephash_cli.plots import save_figure, scatter_by_class
+    from deephash_cli.tsne import stratified_subsample, tsne_2d
+
+    if output.exists() and not force:
+        raise DeephashError(f"{output} exists; pass --force to overwrite it")
+    artifact = artifacts.read_artifact(file, expect_kinds=("features", "embeddings", "codes"), splits=[split])
+    data = artifact.split(split)
+    rows = stratified_subsample(data.labels, max_points, seed)
+    if artifact.kind == "codes":
+        from deephash_cli.codes import codes_to_pm1
+
+        points = codes_to_pm1(data.codes[rows], data.bits)
+    else:
+        points = data.features[rows]
+    stderr_console().print(f"t-SNE of {len(rows)} points ({points.shape[1]}-d) ...")
+    embedded = tsne_2d(points, perplexity=perplexity, seed=seed)
+    config = artifact.config
+    default_title = (f"{Path(file).name}: {split}, {len(rows)} points"
+                     + (f" ({config.get('dataset')}, {config.get('backbone')})" if config.get("backbone") else ""))
+    figure = scatter_by_class(embedded, data.labels[rows], artifact.class_names, title or default_title)
+    return save_figure(figure, output, force=force)
