@@ -148,32 +148,29 @@ def test_random_miners_are_seeded():
 def test_distance_weighted_distribution_matches_weights():
     g = torch.Generator().manual_seed(0)
     d = 3
-    emb = torch.randn(8, d, generator=g, dtype=torch.float64)
-    labels = torch.tensor([0, 0, 1, 1, 1, 2, 2, 2])
-    dist = naive_dist(emb, squared=False)
-    a0 = 0  # anchor 0, its single positive 1
+    base = torch.randn(8, d, generator=g, dtype=torch.float64)
+    draws = 2000
+    # Anchor 0 gets `draws` identical copies of one positive: each pair (0, copy) is an
+    # independent draw from anchor 0's row of weights, all in a single call.
+    emb = torch.cat([base[:1], base[1:2].repeat(draws, 1), base[2:]])
+    labels = torch.tensor([0] * (draws + 1) + [1, 1, 1, 2, 2, 2])
+    dist = naive_dist(base, squared=False)
+    neg_rows = range(2, 8)  # rows of `base`; in `emb` they sit at draws - 1 + row
     weights = {}
-    for n in range(8):
-        dn = dist[a0][n]
-        if labels[n] != labels[a0] and dn < 1.4:
+    for r in neg_rows:
+        dn = dist[0][r]
+        if dn < 1.4:
             c = max(dn, 0.5)
-            weights[n] = c ** (-(d - 2)) * (1 - c * c / 4) ** (-(d - 3) / 2)
+            weights[draws - 1 + r] = c ** (-(d - 2)) * (1 - c * c / 4) ** (-(d - 3) / 2)
+    assert weights, "test data should give anchor 0 some negatives below the cutoff"
     total = sum(weights.values())
-    miner = DistanceWeightedMiner()
-    gen = torch.Generator().manual_seed(1)
-    counts = Counter()
-    draws = 4000
-    for _ in range(draws):
-        for a, p, n in as_list(miner(emb, labels, 0.0, gen)):
-            if a == a0:
-                counts[n] += 1
-    if not weights:
-        assert not counts
-        return
+    a, p, n = DistanceWeightedMiner()(emb, labels, 0.0, torch.Generator().manual_seed(1))
+    counts = Counter(n[a == 0].tolist())
+    assert sum(counts.values()) == draws
     assert set(counts) <= set(weights)
-    for n, w in weights.items():
+    for col, w in weights.items():
         expect = draws * w / total
-        assert abs(counts[n] - expect) < 5 * math.sqrt(expect) + 2
+        assert abs(counts[col] - expect) < 5 * math.sqrt(expect) + 2
 
 
 def test_distance_weighted_zero_weight_beyond_cutoff_and_skip():
