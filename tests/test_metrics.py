@@ -1,0 +1,453 @@
+"""Tests for deephash_cli.metrics against naive plain-loop references.
+
+Level 1: every metric vs a reference that enumerates ALL orderings inside tie groups
+(itertools.permutations) on tiny inputs.  Level 2: Hypothesis properties and cross-checks
+(sklearn, hamming vs float path, chunking invariance).
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+from fractions import Fraction
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from sklearn.metrics import average_precision_score
+
+from deephash_cli import metrics as metrics_mod
+from deephash_cli.codes import pack_codes
+from deephash_cli.errors import DeephashError
+from deephash_cli.metrics import RetrievalResult, evaluate_retrieval
+
+# --------------------------------------------------------------------------------------
+# Naive references (plain Python loops)
+# --------------------------------------------------------------------------------------
+
+
+def ap_at_of_order(rel_in_order: list[int], K: int | None) -> float:
+    """(1/min(R,K)) Σ_{k<=K} P(k) rel(k) for one fixed ranking; R counts the whole list."""
+    R = sum(rel_in_order)
+    if R == 0:
+        return 0.0
+    cutoff = len(rel_in_order) if K is None else K
+    hits, total = 0, 0.0
+    for k, r in enumerate(rel_in_order, start=1):
+        if k > cutoff:
+            break
+        if r:
+            hits += 1
+            total += hits / k
+    return total / min(R, cutoff)
+
+
+def all_tie_orderings(dist: list, n: int):
+    """Every ranking of range(n) by ascending dist with all permutations inside tie groups."""
+    values = sorted(set(dist))
+    groups = [[j for j in range(n) if dist[j] == v] for v in values]
+    for combo in itertools.product(*[list(itertools.permutations(g)) for g in groups]):
+        yield [j for g in combo for j in g]
+
+
+def naive_query_metrics(dist: list, rel: list[int], map_ks, prec_ks, knn_k, db_labels):
+    """All metrics of one query by brute force."""
+    n = len(dist)
+    orders = list(all_tie_orderings(dist, n))
+    ap = sum(ap_at_of_order([rel[j] for j in o], None) for o in orders) / len(orders)
+    ap_at = {K: sum(ap_at_of_order([rel[j] for j in o], K) for o in orders) / len(orders) for K in map_ks}
+    prec = {}
+    for K in prec_ks:
+        Kc = min(K, n)
+        prec[K] = sum(sum(rel[j] for j in o[:Kc]) for o in orders) / len(orders) / Kc
+    opt_order = sorted(range(n), key=lambda j: (dist[j], -rel[j]))
+    pess_order = sorted(range(n), key=lambda j: (dist[j], rel[j]))
+    ap_opt = ap_at_of_order([rel[j] for j in opt_order], None)
+    ap_pess = ap_at_of_order([rel[j] for j in pess_order], None)
+    # k-NN: stable order by (distance, index); majority vote; vote ties -> nearest.
+    stable = sorted(range(n), key=lambda j: (dist[j], j))[: min(knn_k, n)]
+    votes: dict[int, int] = {}
+    for j in stable:
+        votes[db_labels[j]] = votes.get(db_labels[j], 0) + 1
+    best = max(votes.values())
+    winner = next(db_labels[j] for j in stable if votes[db_labels[j]] == best)
+    return ap, ap_opt, ap_pess, ap_at, prec, winner
+
+
+def naive_evaluate(dist_matrix, q_labels, db_labels, map_ks=(), prec_ks=(), knn_k=3):
+    rows = []
+    for i in range(len(q_labels)):
+        rel = [int(db_labels[j] == q_labels[i]) for j in range(len(db_labels))]
+        rows.append(naive_query_metrics(list(dist_matrix[i]), rel, map_ks, prec_ks, knn_k, list(db_labels)))
+    mean = lambda xs: sum(xs) / len(xs)  # noqa: E731
+    return {
+        "map": mean([r[0] for r in rows]),
+        "map_optimistic": mean([r[1] for r in rows]),
+        "map_pessimistic": mean([r[2] for r in rows]),
+        "map_at": {K: mean([r[3][K] for r in rows]) for K in map_ks},
+        "precision_at": {K: mean([r[4][K] for r in rows]) for K in prec_ks},
+        "knn_accuracy": mean([float(r[5] == q_labels[i]) for i, r in enumerate(rows)]),
+    }
+
+
+def naive_hamming(a_bits, b_bits):
+    return [[sum(int(x != y) for x, y in zip(a, b)) for b in b_bits] for a in a_bits]
+
+
+def naive_sq_euclidean(a, b):
+    return [[sum((int(x) - int(y)) ** 2 for x, y in zip(u, v)) for v in b] for u in a]
+
+
+def assert_matches(res: RetrievalResult, ref: dict, tol=1e-12):
+    assert res.map == pytest.approx(ref["map"], abs=tol)
+    assert res.map_optimistic == pytest.approx(ref["map_optimistic"], abs=tol)
+    assert res.map_pessimistic == pytest.approx(ref["map_pessimistic"], abs=tol)
+    assert res.map_at.keys() == ref["map_at"].keys()
+    for K in ref["map_at"]:
+        assert res.map_at[K] == pytest.approx(ref["map_at"][K], abs=tol), K
+    for K in ref["precision_at"]:
+        assert res.precision_at[K] == pytest.approx(ref["precision_at"][K], abs=tol), K
+    assert res.knn_accuracy == pytest.approx(ref["knn_accuracy"], abs=tol)
+
+
+# --------------------------------------------------------------------------------------
+# Level 1: hand-checked and brute-force cases
+# --------------------------------------------------------------------------------------
+
+
+def codes_from_rows(rows):
+    return pack_codes(np.array(rows, dtype=np.uint8))
+
+
+def test_tie_aware_ap_hand_computed():
+    # Query at distance 0 from a group of 2 items (1 relevant, 1 not), then 1 relevant item.
+    # Orders: [R, N, R] -> (1 + 2/3)/2 ; [N, R, R] -> (1/2 + 2/3)/2 ; expected = 17/24.
+    q = codes_from_rows([[0, 0]])
+    db = codes_from_rows([[0, 0], [0, 0], [1, 0]])
+    res = evaluate_retrieval(q, [1], db, [1, 0, 1], distance="hamming", bits=2, precision_at=(1, 2), knn_k=1)
+    assert res.map == pytest.approx(17 / 24, abs=1e-15)
+    assert res.map_optimistic == pytest.approx(5 / 6, abs=1e-15)
+    assert res.map_pessimistic == pytest.approx(7 / 12, abs=1e-15)
+    assert res.precision_at == {1: pytest.approx(0.5), 2: pytest.approx(0.5)}
+    # k=1: the distance tie at rank 1 goes to the lower database index (item 0, label 1).
+    assert res.knn_accuracy == 1.0
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_hamming_all_metrics_vs_permutation_reference(seed):
+    rng = np.random.default_rng(seed)
+    bits = int(rng.integers(1, 4))
+    nq, ndb = int(rng.integers(1, 5)), int(rng.integers(1, 8))
+    qb = rng.integers(0, 2, (nq, bits))
+    dbb = rng.integers(0, 2, (ndb, bits))
+    ql = rng.integers(0, 3, nq)
+    dl = rng.integers(0, 3, ndb)
+    map_ks, prec_ks, k = (1, 2, 3, 5, 10), (1, 2, 4, 50), int(rng.integers(1, 5))
+    res = evaluate_retrieval(pack_codes(qb), ql, pack_codes(dbb), dl, distance="hamming", bits=bits,
+                             map_at=map_ks, precision_at=prec_ks, knn_k=k)
+    ref = naive_evaluate(naive_hamming(qb, dbb), ql.tolist(), dl.tolist(), map_ks, prec_ks, k)
+    assert_matches(res, ref)
+    assert res.queries_without_relevant == sum(1 for l in ql if l not in set(dl.tolist()))
+    assert res.knn_k == min(k, ndb)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_euclidean_integer_features_vs_permutation_reference(seed):
+    # Small integer features make float32 distances exact, so ties are real ties.
+    rng = np.random.default_rng(100 + seed)
+    nq, ndb, dim = int(rng.integers(1, 4)), int(rng.integers(2, 8)), int(rng.integers(1, 3))
+    q = rng.integers(-1, 2, (nq, dim))
+    db = rng.integers(-1, 2, (ndb, dim))
+    ql, dl = rng.integers(0, 2, nq), rng.integers(0, 2, ndb)
+    res = evaluate_retrieval(q.astype(np.float32), ql, db.astype(np.float32), dl, distance="euclidean",
+                             map_at=(1, 3), precision_at=(2, 5), knn_k=3)
+    ref = naive_evaluate(naive_sq_euclidean(q, db), ql.tolist(), dl.tolist(), (1, 3), (2, 5), 3)
+    assert_matches(res, ref)
+
+
+def test_knn_vote_tie_goes_to_nearest_label():
+    # Distances 0,1,2,3 with labels A,B,B,A: 2-2 vote tie, nearest neighbour is A.
+    q = np.zeros((1, 1), dtype=np.float32)
+    db = np.array([[0.0], [1.0], [2.0], [3.0], [9.0]], dtype=np.float32)
+    assert evaluate_retrieval(q, [7], db, [7, 8, 8, 7, 8], distance="euclidean", knn_k=4).knn_accuracy == 1.0
+    assert evaluate_retrieval(q, [8], db, [7, 8, 8, 7, 8], distance="euclidean", knn_k=4).knn_accuracy == 0.0
+    # Same votes but B now nearest: B wins.
+    assert evaluate_retrieval(q, [8], db, [8, 7, 7, 8, 7], distance="euclidean", knn_k=4).knn_accuracy == 1.0
+    # Clear majority beats proximity: A nearest, then B,B.
+    assert evaluate_retrieval(q, [8], db, [7, 8, 8, 9, 9], distance="euclidean", knn_k=3).knn_accuracy == 1.0
+
+
+def test_knn_distance_tie_at_kth_place_uses_database_index():
+    # Items 1..4 all at distance 1; k=2 takes item 0 (distance 0) and item 1 (lowest index).
+    q = np.zeros((1, 1), dtype=np.float32)
+    db = np.array([[0.0], [1.0], [1.0], [-1.0], [1.0]], dtype=np.float32)
+    labels = [5, 6, 7, 7, 7]
+    # Votes {5: 1, 6: 1}: vote tie -> nearest (label 5).
+    assert evaluate_retrieval(q, [5], db, labels, distance="euclidean", knn_k=2).knn_accuracy == 1.0
+    # k=3 takes items 0,1,2 -> one vote each, nearest wins (5); not 7 despite 3 tied items.
+    assert evaluate_retrieval(q, [5], db, labels, distance="euclidean", knn_k=3).knn_accuracy == 1.0
+    # Same with codes.  All five items are at distance 1; the hamming path reorders the
+    # database by label internally (7s before 8s), so this fails if the tie-break used the
+    # internal order instead of the original database index.
+    qc = codes_from_rows([[0, 0]])
+    dbc = codes_from_rows([[1, 0], [0, 1], [1, 0], [0, 1], [1, 0]])
+    labels = [8, 8, 7, 7, 7]
+    for k, label, expected in ((2, 8, 1.0), (2, 7, 0.0), (3, 8, 1.0), (4, 8, 1.0), (4, 7, 0.0), (5, 7, 1.0)):
+        res = evaluate_retrieval(qc, [label], dbc, labels, distance="hamming", bits=2, knn_k=k)
+        assert res.knn_accuracy == expected, (k, label)
+
+
+def test_query_without_relevant_items_counts_as_zero():
+    q = codes_from_rows([[0, 0], [1, 1]])
+    db = codes_from_rows([[0, 0], [0, 1], [1, 1]])
+    res = evaluate_retrieval(q, [0, 3], db, [0, 1, 1], distance="hamming", bits=2, map_at=(2,))
+    assert res.queries_without_relevant == 1
+    assert res.map == pytest.approx(0.5)  # (1 + 0) / 2
+    assert res.map_at[2] == pytest.approx(0.5)
+    assert res.precision_at[100] == pytest.approx((1 / 3) / 2)  # K clamped to n = 3
+
+
+def test_cosine_zero_vectors_and_scaled_ties():
+    q = np.array([[1.0, 0.0], [0.0, 0.0]], dtype=np.float32)
+    # Items 0 and 2 point the same way (exact tie), item 1 is a zero vector (distance 1).
+    db = np.array([[2.0, 0.0], [0.0, 0.0], [4.0, 0.0], [-1.0, 0.0], [0.0, 3.0]], dtype=np.float32)
+    dl = [1, 0, 0, 1, 0]
+    res = evaluate_retrieval(q, [0, 0], db, dl, distance="cosine", map_at=(2,), knn_k=1)
+    cos_dist = [[0, 1, 0, 2, 1], [1, 1, 1, 1, 1]]  # the zero query is at distance 1 from all
+    ref = naive_evaluate(cos_dist, [0, 0], dl, (2,), (100,), 1)
+    assert_matches(res, ref)
+    assert all(math.isfinite(v) for v in (res.map, res.map_optimistic, res.map_pessimistic))
+
+
+def test_map_at_and_precision_at_vs_stable_orders_without_ties():
+    rng = np.random.default_rng(5)
+    q = rng.normal(size=(4, 3)).astype(np.float32)
+    db = rng.normal(size=(30, 3)).astype(np.float32)
+    ql, dl = rng.integers(0, 3, 4), rng.integers(0, 3, 30)
+    res = evaluate_retrieval(q, ql, db, dl, distance="euclidean", map_at=(1, 5, 30), precision_at=(1, 7))
+    aps = {K: [] for K in (1, 5, 30)}
+    precs = {K: [] for K in (1, 7)}
+    for i in range(4):
+        d = ((q[i].astype(np.float64) - db) ** 2).sum(1)
+        rel = [int(dl[j] == ql[i]) for j in np.argsort(d)]
+        for K in aps:
+            aps[K].append(ap_at_of_order(rel, K))
+        for K in precs:
+            precs[K].append(sum(rel[:K]) / K)
+    for K in aps:
+        assert res.map_at[K] == pytest.approx(np.mean(aps[K]), abs=1e-12)
+    for K in precs:
+        assert res.precision_at[K] == pytest.approx(np.mean(precs[K]), abs=1e-12)
+    assert res.map_at[30] == pytest.approx(res.map, abs=1e-12)
+
+
+def test_matches_sklearn_average_precision_without_ties():
+    rng = np.random.default_rng(11)
+    q = rng.normal(size=(20, 8)).astype(np.float32)
+    db = rng.normal(size=(300, 8)).astype(np.float32)
+    ql, dl = rng.integers(0, 4, 20), rng.integers(0, 4, 300)
+    for distance in ("euclidean", "cosine"):
+        res = evaluate_retrieval(q, ql, db, dl, distance=distance)
+        aps = []
+        for i in range(20):
+            if distance == "euclidean":
+                score = -np.linalg.norm(db.astype(np.float64) - q[i], axis=1)
+            else:
+                qd = db.astype(np.float64) @ q[i].astype(np.float64)
+                score = qd / np.linalg.norm(db, axis=1) / np.linalg.norm(q[i])
+            aps.append(average_precision_score(dl == ql[i], score))
+        assert res.map == pytest.approx(np.mean(aps), abs=1e-9)
+        assert res.map_optimistic == res.map_pessimistic == pytest.approx(res.map, abs=1e-12)
+
+
+def test_harmonic_differences_are_accurate_for_large_indices():
+    for a, b in ((0, 1), (3, 1000), (1023, 1025), (1024, 1025), (5000, 5003), (49_999, 50_000),
+                 (10**6, 10**6 + 7), (2000, 90_000), (10**7 - 5, 10**7)):
+        exact = float(sum(Fraction(1, k) for k in range(a + 1, b + 1))) if b - a < 50 else \
+            math.fsum(1.0 / k for k in range(a + 1, b + 1))
+        got = float(metrics_mod._harmonic_diff(np.array([a]), np.array([b]))[0])
+        assert got == pytest.approx(exact, rel=1e-13), (a, b)
+
+
+def test_to_dict_is_json_able():
+    res = evaluate_retrieval(codes_from_rows([[1, 0]]), [0], codes_from_rows([[1, 0], [0, 1]]), [0, 1],
+                             distance="hamming", bits=2, map_at=(1,), precision_at=(1, 2))
+    d = json.loads(json.dumps(res.to_dict()))
+    assert d["map_at"] == {"1": 1.0}
+    assert d["precision_at"] == {"1": 1.0, "2": 0.5}
+    assert d["distance"] == "hamming" and d["queries"] == 1 and d["database"] == 2
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(distance="manhattan"), "unknown distance"),
+        (dict(distance="hamming"), "bits"),
+        (dict(distance="hamming", bits=12), "bytes per code"),
+        (dict(distance="euclidean", map_at=(0,)), "positive"),
+        (dict(distance="euclidean", precision_at=(-5,)), "positive"),
+        (dict(distance="euclidean", knn_k=0), "knn_k"),
+        (dict(distance="euclidean", chunk_size=0), "chunk_size"),
+        (dict(distance="euclidean", bits=8), "bits only applies"),
+    ],
+)
+def test_invalid_arguments_raise_deephash_error(kwargs, message):
+    q = np.zeros((2, 1), dtype=np.uint8)
+    db = np.zeros((3, 1), dtype=np.uint8)
+    with pytest.raises(DeephashError, match=message):
+        evaluate_retrieval(q, [0, 1], db, [0, 1, 1], **kwargs)
+
+
+def test_invalid_shapes_and_values_raise_deephash_error():
+    q = np.zeros((2, 4), dtype=np.float32)
+    db = np.zeros((3, 4), dtype=np.float32)
+    with pytest.raises(DeephashError, match="labels"):
+        evaluate_retrieval(q, [0], db, [0, 1, 1], distance="euclidean")
+    with pytest.raises(DeephashError, match="labels"):
+        evaluate_retrieval(q, [0, 1], db, [0, 1], distance="euclidean")
+    with pytest.raises(DeephashError, match="columns"):
+        evaluate_retrieval(q, [0, 1], db[:, :3], [0, 1, 1], distance="euclidean")
+    with pytest.raises(DeephashError, match="NaN"):
+        evaluate_retrieval(np.full((2, 4), np.nan, np.float32), [0, 1], db, [0, 1, 1], distance="cosine")
+    with pytest.raises(DeephashError, match="padding"):
+        evaluate_retrieval(np.array([[0x01]], np.uint8), [0], np.zeros((1, 1), np.uint8), [0],
+                           distance="hamming", bits=7)
+    with pytest.raises(DeephashError, match="uint8"):
+        evaluate_retrieval(q, [0, 1], db, [0, 1, 1], distance="hamming", bits=32)
+    with pytest.raises(DeephashError, match="empty"):
+        evaluate_retrieval(q[:0], [], db, [0, 1, 1], distance="euclidean")
+
+
+# --------------------------------------------------------------------------------------
+# Level 2: properties
+# --------------------------------------------------------------------------------------
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    bits=st.integers(1, 5),
+    nq=st.integers(1, 4),
+    ndb=st.integers(1, 7),
+    n_labels=st.integers(1, 3),
+    seed=st.integers(0, 2**32 - 1),
+    knn_k=st.integers(1, 8),
+)
+def test_property_hamming_equals_bruteforce(bits, nq, ndb, n_labels, seed, knn_k):
+    rng = np.random.default_rng(seed)
+    qb, dbb = rng.integers(0, 2, (nq, bits)), rng.integers(0, 2, (ndb, bits))
+    ql, dl = rng.integers(0, n_labels, nq), rng.integers(0, n_labels, ndb)
+    res = evaluate_retrieval(pack_codes(qb), ql, pack_codes(dbb), dl, distance="hamming", bits=bits,
+                             map_at=(1, 3, 8), precision_at=(1, 3), knn_k=knn_k, chunk_size=int(rng.integers(1, 4)))
+    ref = naive_evaluate(naive_hamming(qb, dbb), ql.tolist(), dl.tolist(), (1, 3, 8), (1, 3), knn_k)
+    assert_matches(res, ref)
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    nq=st.integers(1, 30),
+    ndb=st.integers(1, 200),
+    bits=st.integers(1, 24),
+    seed=st.integers(0, 2**32 - 1),
+)
+def test_property_bounds_and_ordering(nq, ndb, bits, seed):
+    rng = np.random.default_rng(seed)
+    q = pack_codes(rng.integers(0, 2, (nq, bits)))
+    db = pack_codes(rng.integers(0, 2, (ndb, bits)))
+    ql, dl = rng.integers(0, 4, nq), rng.integers(0, 4, ndb)
+    res = evaluate_retrieval(q, ql, db, dl, distance="hamming", bits=bits, map_at=(1, 10, ndb), precision_at=(1, 10))
+    eps = 1e-12
+    assert 0 <= res.map_pessimistic <= res.map + eps and res.map <= res.map_optimistic + eps
+    assert res.map_optimistic <= 1 + eps
+    assert res.map_at[ndb] == pytest.approx(res.map, abs=1e-12)
+    for v in list(res.map_at.values()) + list(res.precision_at.values()) + [res.knn_accuracy]:
+        assert -eps <= v <= 1 + eps
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    n_labels=st.integers(1, 6),
+    bits=st.integers(3, 40),
+    per_class=st.integers(1, 20),
+    seed=st.integers(0, 2**32 - 1),
+)
+def test_property_perfect_ranking_gives_one(n_labels, bits, per_class, seed):
+    # Every class has its own code and all its items share it: relevant items are exactly
+    # the distance-0 group, so every metric (even pessimistic) is 1.
+    rng = np.random.default_rng(seed)
+    class_codes = rng.permutation(2**min(bits, 12))[:n_labels]
+    if len(class_codes) < n_labels:
+        return
+    bit_rows = (class_codes[:, None] >> np.arange(bits)[None, :]) & 1
+    dl = np.repeat(np.arange(n_labels), per_class)
+    db = pack_codes(bit_rows[dl])
+    ql = rng.integers(0, n_labels, 5)
+    res = evaluate_retrieval(pack_codes(bit_rows[ql]), ql, db, dl, distance="hamming", bits=bits,
+                             map_at=(per_class,), precision_at=(per_class,), knn_k=per_class)
+    assert res.map == res.map_optimistic == res.map_pessimistic == pytest.approx(1.0, abs=1e-12)
+    assert res.map_at[per_class] == pytest.approx(1.0, abs=1e-12)
+    assert res.precision_at[per_class] == pytest.approx(1.0, abs=1e-12)
+    assert res.knn_accuracy == 1.0
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    bits=st.sampled_from([2, 4, 8, 12, 16]),
+    nq=st.integers(1, 40),
+    ndb=st.integers(1, 3000),
+    seed=st.integers(0, 2**32 - 1),
+    chunk=st.sampled_from([None, 1, 7]),
+)
+def test_property_hamming_path_equals_float_path_on_pm1_features(bits, nq, ndb, seed, chunk):
+    # For ±1 vectors the squared L2 distance is exactly 4 x Hamming, so both code paths
+    # (histogram-based vs sort-based) must give identical tie groups and k-NN votes.
+    # Large databases exercise the paired-uint16 histogram of the hamming path.
+    rng = np.random.default_rng(seed)
+    qb, dbb = rng.integers(0, 2, (nq, bits)), rng.integers(0, 2, (ndb, bits))
+    ql, dl = rng.integers(0, 5, nq), rng.integers(0, 5, ndb)
+    kw = dict(map_at=(1, 10, 100), precision_at=(1, 10, 100), knn_k=7, chunk_size=chunk)
+    rh = evaluate_retrieval(pack_codes(qb), ql, pack_codes(dbb), dl, distance="hamming", bits=bits, **kw)
+    rf = evaluate_retrieval((2.0 * qb - 1).astype(np.float32), ql, (2.0 * dbb - 1).astype(np.float32), dl,
+                            distance="euclidean", **kw)
+    dh, df = rh.to_dict(), rf.to_dict()
+    dh.pop("distance"), df.pop("distance")
+    for key in ("map", "map_optimistic", "map_pessimistic"):
+        assert dh.pop(key) == pytest.approx(df.pop(key), abs=1e-12)
+    for key in ("map_at", "precision_at"):
+        a, b = dh.pop(key), df.pop(key)
+        assert a.keys() == b.keys() and all(a[k] == pytest.approx(b[k], abs=1e-12) for k in a)
+    assert dh == df  # knn accuracy, counts
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    nq=st.integers(1, 5),
+    ndb=st.integers(2, 7),
+    dim=st.integers(1, 2),
+    seed=st.integers(0, 2**32 - 1),
+)
+def test_property_float_integer_features_follow_tie_aware_definition(nq, ndb, dim, seed):
+    rng = np.random.default_rng(seed)
+    q, db = rng.integers(-2, 3, (nq, dim)), rng.integers(-2, 3, (ndb, dim))
+    ql, dl = rng.integers(0, 2, nq), rng.integers(0, 2, ndb)
+    res = evaluate_retrieval(q.astype(np.float32), ql, db.astype(np.float32), dl, distance="euclidean",
+                             map_at=(2,), precision_at=(3,), knn_k=2)
+    ref = naive_evaluate(naive_sq_euclidean(q, db), ql.tolist(), dl.tolist(), (2,), (3,), 2)
+    assert_matches(res, ref)
+
+
+def test_chunking_and_query_order_do_not_change_results():
+    rng = np.random.default_rng(3)
+    q = pack_codes(rng.integers(0, 2, (57, 6)))
+    db = pack_codes(rng.integers(0, 2, (501, 6)))
+    ql, dl = rng.integers(0, 7, 57), rng.integers(0, 7, 501)
+    kw = dict(distance="hamming", bits=6, map_at=(5, 50), precision_at=(5, 50), knn_k=5)
+    base = evaluate_retrieval(q, ql, db, dl, **kw).to_dict()
+    for chunk in (1, 4, 1000):
+        got = evaluate_retrieval(q, ql, db, dl, chunk_size=chunk, **kw).to_dict()
+        assert json.dumps(got) == json.dumps(base) or got == pytest.approx(base)
+    perm = rng.permutation(57)
+    shuffled = evaluate_retrieval(q[perm], ql[perm], db, dl, **kw)
+    assert shuffled.map == pytest.approx(base["map"], abs=1e-12)
+    assert shuffled.knn_accuracy == base["knn_accuracy"]
