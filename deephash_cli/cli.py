@@ -216,6 +216,84 @@ def plot_tsne(
                                           seed=seed, title=title, force=force)))
 
 
+# --------------------------------------------------------------------------- training options (shared)
+
+
+def _train_options(epochs: int, batch_size: int, lr: float, optimizer: str, weight_decay: float, seed: int,
+                   early_stopping: Optional[int], miner: str, classes_per_batch: int, samples_per_class: int,
+                   miner_margin: float = 0.2):
+    from deephash_cli.train import TrainOptions
+
+    return TrainOptions(epochs=epochs, batch_size=batch_size, lr=lr, optimizer=optimizer, weight_decay=weight_decay,
+                        seed=seed, early_stopping=early_stopping, miner=None if miner == "random" else miner,
+                        classes_per_batch=classes_per_batch, samples_per_class=samples_per_class,
+                        margin=miner_margin)
+
+
+EPOCHS = typer.Option(20, help="Training epochs (an epoch: one random triplet per training item, or "
+                      "n/(P·K) mined batches).")
+BATCH = typer.Option(256, help="Triplets per step with --miner random (mined batches are P×K items).")
+LR = typer.Option(1e-3, help="Learning rate.")
+OPTIMIZER = typer.Option("adam", help="adam or sgd (Nesterov momentum 0.9).")
+WEIGHT_DECAY = typer.Option(0.0, help="L2 weight decay.")
+SEED = typer.Option(0, help="Seed of initialisation, validation split, triplets and batches.")
+EARLY = typer.Option(None, help="Stop after N epochs without validation-mAP improvement (default: never).")
+MINER = typer.Option("random", help="Triplet source: random (fresh seeded triplets over the whole train split "
+                     "each epoch) or a miner over P×K batches: all, hardest, semihard, random-hard, "
+                     "distance-weighted, curriculum.")
+P_OPT = typer.Option(10, "--classes-per-batch", help="P: classes per mined batch.")
+K_OPT = typer.Option(25, "--samples-per-class", help="K: items per class in a mined batch.")
+VAL = typer.Option(0.1, help="Share of train carved (stratified, seeded) into the validation split.")
+DEVICE = typer.Option("auto", help="auto (CUDA when present), cpu or cuda.")
+
+
+@command("train-triplet")
+def train_triplet(
+    features: Path = typer.Argument(..., help="A features (or embeddings) artifact."),
+    output: Optional[Path] = typer.Option(None, "-o", "--output", help="Output embeddings artifact (all splits). "
+                                          "Default: artifacts/<input>.triplet-<loss>.h5"),
+    save_model: Optional[Path] = typer.Option(None, help="Also save the trained network as a model artifact."),
+    loss: str = typer.Option("facenet", help="facenet (Schroff 2015, squared distances on the unit sphere), hoffer "
+                             "(Hoffer & Ailon 2015, softmax of distances, no margin) or contrastive (Hadsell 2006)."),
+    margin: str = typer.Option("0.05,0.1,0.2,0.5,1.0", help="Margins to try, comma-separated; one model per "
+                               "margin, the best validation mAP wins (hoffer ignores it)."),
+    head: str = typer.Option("mlp", help="Embedding network: linear (d→dim) or mlp (d→hidden→dim, BatchNorm, "
+                             "ReLU)."),
+    dim: int = typer.Option(128, help="Embedding dimension."),
+    hidden: int = typer.Option(512, help="Hidden width of the mlp head."),
+    miner: str = MINER,
+    classes_per_batch: int = P_OPT,
+    samples_per_class: int = K_OPT,
+    val_fraction: float = VAL,
+    epochs: int = EPOCHS,
+    batch_size: int = BATCH,
+    lr: float = LR,
+    optimizer: str = OPTIMIZER,
+    weight_decay: float = WEIGHT_DECAY,
+    early_stopping: Optional[int] = EARLY,
+    seed: int = SEED,
+    device: str = DEVICE,
+    force: bool = typer.Option(False, help="Overwrite existing outputs."),
+) -> None:
+    """Learn an embedding on features with a triplet loss; margin chosen on a validation split."""
+    from deephash_cli.backbones import resolve_device
+    from deephash_cli.train_stages import run_train_triplet
+
+    out = output or _default_output(f"{features.stem}.triplet-{loss}.h5")
+    options = _train_options(epochs, batch_size, lr, optimizer, weight_decay, seed, early_stopping, miner,
+                             classes_per_batch, samples_per_class)
+    summary = run_train_triplet(features, out, save_model_path=save_model, head=head, dim=dim, hidden=hidden,
+                                loss=loss, margins=margin, val_fraction=val_fraction, options=options,
+                                device=resolve_device(device), force=force)
+    from deephash_cli.ui import stderr_console
+
+    for run in summary["margin_search"]:
+        stderr_console().print(f"margin {run['margin']}: best val mAP {run['val_map']:.4f} at epoch "
+                               f"{run['best_epoch']} ({run['seconds_per_epoch']:.2f} s/epoch)")
+    stderr_console().print(f"chosen margin: {summary['chosen_margin']} (val mAP {summary['best_val_map']:.4f})")
+    typer.echo(str(out))
+
+
 def main() -> None:
     """Console-script entry point."""
     app()

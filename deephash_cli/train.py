@@ -1,0 +1,192 @@
+"""The training loop shared by train-triplet and train-hash: one readable loop, no framework.
+
+Two ways to form triplets, both giving the loss index triplets over the rows of one batch:
+- random (``miner=None``): each epoch draws ``triplets_per_epoch`` fresh seeded triplets from the
+  whole train split; each step embeds the items its ``batch_size`` triplets touch.
+- mined: a seeded P×K batch sampler; the miner picks triplets inside each batch.
+
+Model selection and early stopping use a validation score (higher is better, e.g. validation
+mAP) computed by a caller-supplied function after every epoch; the best epoch's weights are
+kept. Nothing here reads or writes files or prints: progress goes through ``on_step``/``on_epoch``.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+from deephash_cli.errors import DeephashError
+from deephash_cli.miners import MINERS, embedding_collapse
+from deephash_cli.samplers import PKBatchSampler, random_triplets
+
+OPTIMIZERS = ("adam", "sgd")
+
+
+@dataclass
+class TrainOptions:
+    """Options of one training run (see ``deephash train-triplet --help``)."""
+
+    epochs: int = 20
+    batch_size: int = 256  # random mode: triplets per step; mined mode: P*K is the batch
+    lr: float = 1e-3
+    optimizer: str = "adam"
+    weight_decay: float = 0.0
+    seed: int = 0
+    early_stopping: int | None = None  # epochs without validation improvement before stopping
+    miner: str | None = None  # None: random triplets
+    classes_per_batch: int = 10
+    samples_per_class: int = 25
+    triplets_per_epoch: int | None = None  # random mode; default: one per training item
+    margin: float = 0.2  # the miners' margin (semi-hard window, random-hard loss test)
+
+    def check(self) -> None:
+        """Raise DeephashError for impossible values."""
+        if self.epochs <= 0:
+            raise DeephashError(f"--epochs must be positive, got {self.epochs}")
+        if self.batch_size <= 0:
+            raise DeephashError(f"--batch-size must be positive, got {self.batch_size}")
+        if self.lr <= 0:
+            raise DeephashError(f"--lr must be positive, got {self.lr}")
+        if self.optimizer not in OPTIMIZERS:
+            raise DeephashError(f"unknown optimizer '{self.optimizer}'; valid names: {', '.join(OPTIMIZERS)}")
+        if self.early_stopping is not None and self.early_stopping <= 0:
+            raise DeephashError(f"--early-stopping must be positive, got {self.early_stopping}")
+        if self.miner is not None:
+            MINERS.get(self.miner)
+
+
+@dataclass
+class FitResult:
+    """The best model's state, its epoch and score, and the per-epoch history."""
+
+    best_state: dict[str, torch.Tensor]
+    best_epoch: int
+    best_score: float
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+
+def make_optimizer(parameters, options: TrainOptions) -> torch.optim.Optimizer:
+    """Adam, or SGD with Nesterov momentum 0.9."""
+    if options.optimizer == "adam":
+        return torch.optim.Adam(parameters, lr=options.lr, weight_decay=options.weight_decay)
+    return torch.optim.SGD(parameters, lr=options.lr, momentum=0.9, nesterov=True, weight_decay=options.weight_decay)
+
+
+def _check_finite(value: torch.Tensor, epoch: int, step: int) -> None:
+    if not torch.isfinite(value):
+        raise DeephashError(f"training diverged: loss is {float(value)} at epoch {epoch}, step {step} "
+                            f"(lower --lr, or check the features); no model was written")
+
+
+def fit(model: nn.Module, loss_fn: nn.Module, train_x: torch.Tensor, train_y: torch.Tensor,
+        options: TrainOptions, *, validate: Callable[[nn.Module], float],
+        before_epoch: Callable[[int], dict[str, float]] | None = None,
+        on_step: Callable[[int, float], None] | None = None,
+        on_epoch: Callable[[dict[str, Any]], None] | None = None,
+        warn: Callable[[str], None] | None = None) -> FitResult:
+    """Train ``model`` with ``loss_fn`` on (train_x (n, d), train_y (n,)); keep the best validation epoch.
+
+    ``before_epoch(epoch)`` may change schedule-driven attributes (e.g. DTSH's α, λ) and returns
+    them for the history. ``on_step(items, loss)`` and ``on_epoch(row)`` report progress.
+    """
+    options.check()
+    device = train_x.device
+    torch.manual_seed(options.seed)
+    generator = torch.Generator(device="cpu").manual_seed(options.seed)
+    labels_np = train_y.cpu().numpy()
+    miner = MINERS.get(options.miner)() if options.miner else None
+    sampler = None
+    if miner is not None:
+        sampler = PKBatchSampler(labels_np, options.classes_per_batch, options.samples_per_class, seed=options.seed)
+    triplets_per_epoch = options.triplets_per_epoch or len(labels_np)
+    optimizer = make_optimizer(model.parameters(), options)
+    reduction_override = "positive_mean" if miner is not None and miner.positive_mean else None
+
+    best = FitResult(best_state=copy.deepcopy(model.state_dict()), best_epoch=0, best_score=-math.inf)
+    epochs_without_improvement = 0
+    collapse_warned = False
+    for epoch in range(1, options.epochs + 1):
+        schedule = before_epoch(epoch) if before_epoch else {}
+        if miner is not None:
+            miner.set_progress((epoch - 1) / options.epochs)
+        start = time.perf_counter()
+        model.train()
+        loss_sum, active_sum, steps = 0.0, 0.0, 0
+
+        if miner is None:
+            # Fresh random triplets over the whole train split, consumed batch_size at a time.
+            a_all, p_all, n_all = random_triplets(labels_np, triplets_per_epoch, generator)
+            batches = [(a_all[i:i + options.batch_size], p_all[i:i + options.batch_size],
+                        n_all[i:i + options.batch_size]) for i in range(0, len(a_all), options.batch_size)]
+        else:
+            sampler.set_epoch(epoch)
+            batches = list(sampler)
+
+        for step, batch in enumerate(batches, 1):
+            if miner is None:
+                a, p, n = (torch.as_tensor(t, dtype=torch.long) for t in batch)
+                # Embed each touched item once and re-index the triplets into that batch.
+                rows, inverse = torch.unique(torch.cat([a, p, n]), return_inverse=True)
+                triplets = inverse.view(3, -1).to(device).unbind(0)
+                embeddings = model(train_x[rows.to(device)])
+                batch_labels = train_y[rows.to(device)]
+            else:
+                rows = torch.as_tensor(batch, dtype=torch.long, device=device)
+                embeddings = model(train_x[rows])
+                batch_labels = train_y[rows]
+                triplets = miner(embeddings, batch_labels, margin=options.margin, generator=generator)
+                if not collapse_warned and warn is not None and embedding_collapse(embeddings.detach()):
+                    warn(f"epoch {epoch}: embeddings collapsed (all pairwise distances ≈ 0), a known failure of "
+                         f"hard mining; try --miner semihard or a lower --lr")
+                    collapse_warned = True
+            loss = loss_fn(embeddings, batch_labels, triplets, reduction=reduction_override)
+            _check_finite(loss, epoch, step)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            loss_sum += float(loss.detach())
+            active_sum += float(loss_fn.last_active_fraction)
+            steps += 1
+            if on_step is not None:
+                on_step(len(rows), float(loss.detach()))
+
+        train_seconds = time.perf_counter() - start
+        model.eval()
+        with torch.no_grad():
+            score = float(validate(model))
+        row = {"epoch": epoch, "loss": loss_sum / max(steps, 1), "active_fraction": active_sum / max(steps, 1),
+               "val_map": score, "seconds": train_seconds,
+               "seconds_with_validation": time.perf_counter() - start, **schedule}
+        best.history.append(row)
+        if on_epoch is not None:
+            on_epoch(row)
+        if score > best.best_score:
+            best.best_score, best.best_epoch = score, epoch
+            best.best_state = copy.deepcopy(model.state_dict())
+            epochs_without_improvement = 0
+        else:
+            epochs_without_improvement += 1
+            if options.early_stopping and epochs_without_improvement >= options.early_stopping:
+                break
+    model.load_state_dict(best.best_state)
+    return best
+
+
+def embed(model: nn.Module, x: torch.Tensor, batch_size: int = 4096) -> torch.Tensor:
+    """Model outputs for all rows of ``x`` in eval mode, batched, without gradients."""
+    model.eval()
+    with torch.no_grad():
+        return torch.cat([model(x[i:i + batch_size]) for i in range(0, len(x), batch_size)]) if len(x) else \
+            torch.empty(0)
+
+
+def as_tensor(array: np.ndarray, device: torch.device) -> torch.Tensor:
+    """A numpy array as a tensor on ``device`` (shares memory on CPU)."""
+    return torch.from_numpy(np.ascontiguousarray(array)).to(device)

@@ -1,0 +1,214 @@
+"""Training stages: train-triplet (embeddings) and train-hash (binary codes), plus encode.
+
+Each stage reads a features artifact, carves a stratified validation split from train, trains
+with ``train.fit`` (the same loop, losses, miners and model selection for both), and writes
+artifacts. The test split is never used to choose anything.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from deephash_cli import artifacts
+from deephash_cli.artifacts import Artifact, Split
+from deephash_cli.datasets import stratified_split
+from deephash_cli.errors import DeephashError
+from deephash_cli.heads import Head, build_head, load_state_arrays, state_arrays
+from deephash_cli.losses import LOSSES
+from deephash_cli.train import FitResult, TrainOptions, as_tensor, embed, fit
+from deephash_cli.ui import advance, progress_bar, stderr_console, warn
+
+# How each embedding loss wants the head's output and whether it takes a margin.
+EMBEDDING_LOSSES = {
+    "facenet": {"output": "normalized", "margin": True},
+    "hoffer": {"output": "raw", "margin": False},
+    "contrastive": {"output": "normalized", "margin": True},
+}
+
+
+@dataclass
+class PreparedData:
+    """Train (after carving val), val and test arrays of a features artifact."""
+
+    artifact: Artifact
+    splits: dict[str, Split]
+
+
+def prepare_splits(features_path: Path, val_fraction: float, seed: int) -> PreparedData:
+    """Read a features/embeddings artifact and carve a stratified, seeded validation split from train.
+
+    An artifact that already holds a val split keeps it (so chained stages agree on validation).
+    """
+    artifact = artifacts.read_artifact(features_path, expect_kinds=("features", "embeddings"))
+    train = artifact.split("train")
+    classes = np.unique(train.labels)
+    if len(classes) < 2:
+        raise DeephashError(f"{features_path}: the train split holds a single class ({classes.tolist()}); triplets "
+                            f"need at least two")
+    splits = dict(artifact.splits)
+    if "val" not in splits:
+        try:
+            keep, held = stratified_split(train.labels, val_fraction, seed)
+        except DeephashError as err:
+            raise DeephashError(f"--val-fraction {val_fraction}: {err}") from None
+        splits["train"] = Split(train.labels[keep], train.index[keep], features=train.features[keep])
+        splits["val"] = Split(train.labels[held], train.index[held], features=train.features[held])
+    return PreparedData(artifact, splits)
+
+
+def validation_map(outputs: np.ndarray, labels: np.ndarray, *, distance: str, bits: int | None = None) -> float:
+    """Leave-one-out mAP of the validation split against itself (each query's own row excluded)."""
+    from deephash_cli.metrics import evaluate_retrieval
+
+    result = evaluate_retrieval(outputs, labels, outputs, labels, distance=distance, bits=bits, precision_at=(),
+                                knn_k=1, exclude_self=True)
+    return result.map
+
+
+def parse_margins(text: str) -> list[float]:
+    """'0.05,0.1,0.2' -> [0.05, 0.1, 0.2]; empty lists and non-positive margins are errors."""
+    parts = [p.strip() for p in text.split(",") if p.strip()]
+    if not parts:
+        raise DeephashError("--margin needs at least one value, e.g. --margin 0.1,0.2")
+    try:
+        margins = [float(p) for p in parts]
+    except ValueError:
+        raise DeephashError(f"--margin expects comma-separated numbers, got '{text}'") from None
+    bad = [m for m in margins if not m > 0]
+    if bad:
+        raise DeephashError(f"--margin values must be positive, got {bad[0]}")
+    return margins
+
+
+def _progress_fit(label: str, model: torch.nn.Module, loss_fn: torch.nn.Module, train_x: torch.Tensor,
+                  train_y: torch.Tensor, options: TrainOptions, validate: Callable[[torch.nn.Module], float],
+                  before_epoch=None) -> FitResult:
+    """``fit`` with a rich progress bar (items/s, loss, validation mAP) on stderr."""
+    console = stderr_console()
+    with progress_bar(label, total=None, unit="items") as progress:
+        last = {"loss": float("nan")}
+
+        def on_step(items: int, loss: float) -> None:
+            last["loss"] = loss
+            advance(progress, items, unit="items", info=f"loss {loss:.4f}")
+
+        def on_epoch(row: dict[str, Any]) -> None:
+            console.log(f"{label} epoch {row['epoch']}: loss {row['loss']:.4f}, active {row['active_fraction']:.3f}, "
+                        f"val mAP {row['val_map']:.4f}, {row['seconds']:.1f} s")
+
+        return fit(model, loss_fn, train_x, train_y, options, validate=validate, before_epoch=before_epoch,
+                   on_step=on_step, on_epoch=on_epoch, warn=warn)
+
+
+def _write_outputs(model: Head, data: PreparedData, output: Path, *, kind: str, features_path: Path,
+                   config: dict[str, Any], history: list[dict[str, Any]], device: torch.device,
+                   encode: Callable[[torch.Tensor], tuple[np.ndarray, int | None]], force: bool) -> None:
+    """Map every split through ``model`` and write the embeddings/codes artifact."""
+    with artifacts.ArtifactWriter(output, kind=kind, class_names=data.artifact.class_names, config=config,
+                                  parent=features_path, force=force) as writer:
+        for name in ("train", "val", "test"):
+            if name not in data.splits:
+                continue
+            split = data.splits[name]
+            values, bits = encode(embed(model, as_tensor(split.features, device)))
+            if bits is None:
+                writer.write_split(name, Split(split.labels, split.index, features=values))
+            else:
+                writer.write_split(name, Split(split.labels, split.index, codes=values, bits=bits))
+        writer.write_history(history)
+
+
+def save_model(model: Head, path: Path, *, features_path: Path, extra: dict[str, Any], config: dict[str, Any],
+               history: list[dict[str, Any]], force: bool) -> None:
+    """A ``model`` artifact: architecture (JSON) + parameters as datasets; no pickle."""
+    with artifacts.ArtifactWriter(path, kind="model", class_names=None, config=config, parent=features_path,
+                                  force=force) as writer:
+        writer.write_model({**model.architecture(), **extra}, state_arrays(model))
+        writer.write_history(history)
+
+
+def load_model(path: Path) -> tuple[Head, dict[str, Any]]:
+    """Rebuild a head saved by ``save_model``; returns it (eval mode, CPU) and its architecture."""
+    artifact = artifacts.read_artifact(path, expect_kinds=("model",))
+    architecture = artifact.model_attrs
+    if architecture.get("type") != "head":
+        raise DeephashError(f"{path}: expected a head model (train-triplet / train-hash), found "
+                            f"{architecture.get('type', 'an unknown model type')}")
+    model = build_head(architecture)
+    load_state_arrays(model, artifact.parameters, str(path))
+    return model.eval(), architecture
+
+
+def input_signature(artifact: Artifact) -> dict[str, Any]:
+    """What a model trained on this features artifact expects of its input."""
+    config = artifact.config
+    return {"backbone": config.get("backbone"), "dim": int(artifact.split("train").features.shape[1]),
+            "image_size": config.get("image_size"), "dataset": config.get("dataset"), "kind": artifact.kind}
+
+
+# --------------------------------------------------------------------------- train-triplet
+
+
+def run_train_triplet(features_path: Path, output: Path, *, save_model_path: Path | None, head: str, dim: int,
+                      hidden: int, loss: str, margins: str, val_fraction: float, options: TrainOptions,
+                      device: torch.device, force: bool) -> dict[str, Any]:
+    """Train one embedding head per margin, keep the best on validation mAP, write embeddings (+ model)."""
+    if loss not in EMBEDDING_LOSSES:
+        LOSSES.get(loss)  # names the valid losses when unknown
+        raise DeephashError(f"loss '{loss}' is a hashing loss; train-triplet takes {', '.join(EMBEDDING_LOSSES)}")
+    if dim <= 0:
+        raise DeephashError(f"--dim must be positive, got {dim}")
+    options.check()
+    margin_list = parse_margins(margins)
+    if not EMBEDDING_LOSSES[loss]["margin"]:
+        margin_list = [None]  # hoffer has no margin: one run
+    artifacts.check_output(output, force)
+    if save_model_path is not None:
+        artifacts.check_output(save_model_path, force)
+    data = prepare_splits(features_path, val_fraction, options.seed)
+    train, val = data.splits["train"], data.splits["val"]
+    train_x, train_y = as_tensor(train.features, device), as_tensor(train.labels, device)
+    val_x = as_tensor(val.features, device)
+
+    def validate(model: torch.nn.Module) -> float:
+        return validation_map(embed(model, val_x).cpu().numpy(), val.labels, distance="euclidean")
+
+    runs = []
+    best: tuple[float, Head, FitResult, float | None] | None = None
+    for margin in margin_list:
+        torch.manual_seed(options.seed)  # same initial weights for every margin
+        model = Head(head, train.features.shape[1], dim, hidden, EMBEDDING_LOSSES[loss]["output"]).to(device)
+        model.fit_standardizer(train_x)
+        loss_fn = LOSSES.get(loss)(**({"margin": margin} if margin is not None else {}))
+        if loss == "contrastive":
+            loss_fn.normalize = True
+        run_options = TrainOptions(**{**options.__dict__, "margin": margin if margin is not None else options.margin})
+        start = time.perf_counter()
+        result = _progress_fit(f"{loss} margin {margin}" if margin is not None else loss, model, loss_fn, train_x,
+                               train_y, run_options, validate)
+        runs.append({"margin": margin, "val_map": result.best_score, "best_epoch": result.best_epoch,
+                     "epochs_run": len(result.history), "seconds": time.perf_counter() - start,
+                     "seconds_per_epoch": float(np.mean([h["seconds"] for h in result.history]))})
+        if best is None or result.best_score > best[0]:
+            best = (result.best_score, model, result, margin)
+    assert best is not None
+    best_score, model, result, chosen_margin = best
+    summary = {"margin_search": runs, "chosen_margin": chosen_margin, "best_val_map": best_score,
+               "best_epoch": result.best_epoch}
+    config = {"stage": "train-triplet", "loss": loss, "head": head, "dim": dim, "hidden": hidden,
+              "val_fraction": val_fraction, **{k: v for k, v in options.__dict__.items() if k != "margin"},
+              "device": str(device), "input": input_signature(data.artifact), **summary,
+              "source": data.artifact.config}
+    _write_outputs(model, data, output, kind="embeddings", features_path=features_path, config=config,
+                   history=result.history, device=device, encode=lambda out: (out.cpu().numpy(), None), force=force)
+    if save_model_path is not None:
+        save_model(model, save_model_path, features_path=features_path, config=config, history=result.history,
+                   extra={"input": input_signature(data.artifact), "loss": loss, "margin": chosen_margin,
+                          "produces": "embeddings"}, force=force)
+    return summary
