@@ -63,6 +63,20 @@ class MiningContext:
         values, indices = masked.sort(dim=1)
         return values, indices, self.negative.sum(dim=1)
 
+    def search_pairs(
+        self, sorted_values: torch.Tensor, anchors: torch.Tensor, queries: torch.Tensor, right: bool
+    ) -> torch.Tensor:
+        """Per pair ``i``: ``searchsorted(sorted_values[anchors[i]], queries[i], right=right)``.
+
+        ``anchors (P,)`` sorted (as from :meth:`positive_pairs`), ``queries (P,)``. The
+        queries are laid out as a ``(B, max pairs per anchor)`` matrix so one batched
+        ``searchsorted`` answers them without copying a ``B``-wide row per pair.
+        """
+        rank, width = rank_within_anchor(anchors, self.batch_size)
+        grid = torch.zeros(self.batch_size, max(width, 1), dtype=queries.dtype, device=queries.device)
+        grid[anchors, rank] = queries
+        return torch.searchsorted(sorted_values, grid, right=right)[anchors, rank]
+
 
 def empty_triplets(device: torch.device) -> Triplets:
     e = torch.empty(0, dtype=torch.long, device=device)

@@ -21,7 +21,7 @@ class RandomHardMiner(Miner):
         if pa.numel() == 0:
             return empty_triplets(ctx.device)
         values, indices, n_neg = ctx.sorted_negatives()
-        count = torch.searchsorted(values, (ctx.dist + margin).contiguous(), right=False)[pa, pp]
+        count = ctx.search_pairs(values, pa, ctx.dist[pa, pp] + margin, right=False)
         count = torch.minimum(count, n_neg[pa])
         u = uniform((pa.numel(),), generator, ctx.device)
         pick = (u * count).long().clamp_max((count - 1).clamp_min(0))

@@ -40,10 +40,9 @@ class SemiHardMiner(Miner):
         values, indices, n_neg = ctx.sorted_negatives()
         d_ap = ctx.dist[pa, pp]
         # For pair (a, p): lo = first sorted negative with d > d(a,p); hi = first with
-        # d >= d(a,p) + margin. Semi-hard negatives are positions [lo, hi). Rows are
-        # searched for every column at once ((B, B) queries), then read at the pairs.
-        lo = torch.searchsorted(values, ctx.dist.contiguous(), right=True)[pa, pp]
-        hi = torch.searchsorted(values, (ctx.dist + margin).contiguous(), right=False)[pa, pp]
+        # d >= d(a,p) + margin. Semi-hard negatives are positions [lo, hi).
+        lo = ctx.search_pairs(values, pa, d_ap, right=True)
+        hi = ctx.search_pairs(values, pa, d_ap + margin, right=False)
         hi = torch.minimum(hi, n_neg[pa])  # +inf fillers are never below a finite bound; belt and braces
         if self.select == "nearest":
             keep = lo < hi
