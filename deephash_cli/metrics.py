@@ -71,6 +71,8 @@ stays bounded (tens to a few hundred MB) whatever the database size.
 
 from __future__ import annotations
 
+import os
+from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Iterable
@@ -102,13 +104,21 @@ def _harmonic_table() -> np.ndarray:
 _H_TABLE = _harmonic_table()  # read-only constant
 
 
+def _harmonic_asym(xf: np.ndarray) -> np.ndarray:
+    """H(x) for float64 x >= _H_EXACT from the asymptotic expansion."""
+    inv2 = 1.0 / (xf * xf)
+    return np.log(xf) + _EULER_GAMMA + 0.5 / xf - inv2 / 12.0 + inv2 * inv2 / 120.0
+
+
 def _harmonic(x: np.ndarray) -> np.ndarray:
     """H(x) for int64 x >= 0 (float64)."""
+    x = np.asarray(x, dtype=np.int64)
+    out = np.empty(x.shape, dtype=np.float64)
     small = x < _H_EXACT
-    xf = np.maximum(x, 1).astype(np.float64)
-    inv2 = 1.0 / (xf * xf)
-    asym = np.log(xf) + _EULER_GAMMA + 0.5 / xf - inv2 / 12.0 + inv2 * inv2 / 120.0
-    return np.where(small, _H_TABLE[np.minimum(x, _H_EXACT - 1)], asym)
+    out[small] = _H_TABLE[x[small]]
+    large = ~small
+    out[large] = _harmonic_asym(x[large].astype(np.float64))
+    return out
 
 
 def _harmonic_diff(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -120,16 +130,20 @@ def _harmonic_diff(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """
     a = np.asarray(a, dtype=np.int64)
     b = np.asarray(b, dtype=np.int64)
-    af = np.maximum(a, 1).astype(np.float64)
-    bf = np.maximum(b, 1).astype(np.float64)
-    span = (b - a).astype(np.float64)
-    diff_asym = (
+    out = np.empty(a.shape, dtype=np.float64)
+    small = a < _H_EXACT
+    out[small] = _harmonic(b[small]) - _H_TABLE[a[small]]
+    large = ~small
+    af = a[large].astype(np.float64)
+    bf = b[large].astype(np.float64)
+    span = bf - af
+    out[large] = (
         np.log1p(span / af)
         - span / (2.0 * af * bf)
         + span * (af + bf) / (12.0 * af * af * bf * bf)
         + (1.0 / (bf * bf * bf * bf) - 1.0 / (af * af * af * af)) / 120.0
     )
-    return np.where(a >= _H_EXACT, diff_asym, _harmonic(b) - _harmonic(a))
+    return out
 
 
 @dataclass(frozen=True)
@@ -202,15 +216,23 @@ def _group_metrics(
     rel (g,) int64 relevant items in it (r).  R (n_rows,) relevant items per query.
     Returns per-query arrays of length n_rows.
     """
-    N = before.astype(np.int64)
-    m = size.astype(np.int64)
-    Rb = rel_before.astype(np.int64)
-    r = rel.astype(np.int64)
+    Rf = R.astype(np.float64)
+    has_rel = R > 0
+
+    def mean_over(total: np.ndarray, denom: np.ndarray) -> np.ndarray:
+        return np.where(has_rel, total / np.maximum(denom, 1.0), 0.0)
+
+    # Singleton groups (no tie; with float features almost all of them) have r = m = 1 and
+    # contribute P(N+1) = (Rb+1)/(N+1) to every AP variant; only true ties need the sums.
+    single = size == 1
+    s_row, s_N = row[single], before[single].astype(np.float64)
+    s_val = (rel_before[single] + 1.0) / (s_N + 1.0)
+    multi = ~single
+    row, N, m, Rb, r = row[multi], before[multi], size[multi], rel_before[multi], rel[multi]
     mf = m.astype(np.float64)
     rf = r.astype(np.float64)
     p1 = rf / mf  # E[rel(k)] inside the group
-    # E[rel(j) rel(k)], j != k, inside the group; a singleton group has no such pair.
-    p2 = np.where(m > 1, rf * (rf - 1.0) / (mf * np.maximum(mf - 1.0, 1.0)), 0.0)
+    p2 = rf * (rf - 1.0) / (mf * (mf - 1.0))  # E[rel(j) rel(k)], j != k, inside the group
 
     def expected_sum(first: np.ndarray) -> np.ndarray:
         """E[Σ_{i=1..first} P(N+i) rel(N+i)] over the group's first ``first`` positions."""
@@ -218,28 +240,24 @@ def _group_metrics(
         # Σ_{i=1..first} (i−1)/(N+i) = first − (N+1)·s0
         return p1 * (Rb + 1) * s0 + p2 * np.maximum(first - (N + 1) * s0, 0.0)
 
-    Rf = R.astype(np.float64)
-    has_rel = R > 0
+    def per_row(single_values: np.ndarray, multi_values: np.ndarray) -> np.ndarray:
+        return np.bincount(s_row, weights=single_values, minlength=n_rows) + np.bincount(
+            row, weights=multi_values, minlength=n_rows
+        )
 
-    def per_row(values: np.ndarray) -> np.ndarray:
-        return np.bincount(row, weights=values, minlength=n_rows)
-
-    def mean_over(total: np.ndarray, denom: np.ndarray) -> np.ndarray:
-        return np.where(has_rel, total / np.maximum(denom, 1.0), 0.0)
-
-    ap = mean_over(per_row(expected_sum(m)), Rf)
-    # Relevant first: ranks N+1..N+r hold relevant items, Σ (Rb+i)/(N+i) = r − (N−Rb)·ΣN+1..N+r 1/k.
+    ap = mean_over(per_row(s_val, expected_sum(m)), Rf)
+    # Relevant first: ranks N+1..N+r hold relevant items, Σ (Rb+i)/(N+i) = r − (N−Rb)·Σ_{N+1..N+r} 1/k.
     opt = rf - (N - Rb) * _harmonic_diff(N, N + r)
-    # Relevant last: ranks N+m−r+1..N+m, Σ (Rb+t)/(N+m−r+t) = r − (N+m−r−Rb)·Σ 1/k.
+    # Relevant last: ranks N+m−r+1..N+m, Σ (Rb+t)/(N+m−r+t) = r − (N+m−r−Rb)·Σ_{N+m−r+1..N+m} 1/k.
     pess = rf - (N + m - r - Rb) * _harmonic_diff(N + m - r, N + m)
-    out = _PerQuery(ap=ap, ap_opt=mean_over(per_row(opt), Rf), ap_pess=mean_over(per_row(pess), Rf))
+    out = _PerQuery(ap=ap, ap_opt=mean_over(per_row(s_val, opt), Rf), ap_pess=mean_over(per_row(s_val, pess), Rf))
     for K in map_ks:
         first = np.clip(K - N, 0, m)
-        out.ap_at[K] = mean_over(per_row(expected_sum(first)), np.minimum(Rf, float(K)))
+        out.ap_at[K] = mean_over(per_row(np.where(s_N < K, s_val, 0.0), expected_sum(first)), np.minimum(Rf, float(K)))
     for K in prec_ks:
         Kc = min(K, n_db)
         first = np.clip(Kc - N, 0, m)
-        out.prec_at[K] = per_row(rf * first / mf) / Kc
+        out.prec_at[K] = per_row((s_N < Kc).astype(np.float64), rf * first / mf) / Kc
     return out
 
 
@@ -314,22 +332,47 @@ def _label_runs(labels_sorted: np.ndarray) -> list[tuple[int, int]]:
     return list(zip(bounds[:-1].tolist(), bounds[1:].tolist()))
 
 
+def _torch():
+    """The torch module if importable, else None (imported lazily: it is slow to import)."""
+    try:
+        import torch
+    except ImportError:  # pragma: no cover - torch is a project dependency
+        return None
+    return torch
+
+
 def _row_histograms(dist: np.ndarray, n_bins: int, n_valid: int) -> np.ndarray:
     """Per-row histogram of small non-negative integer distances.
 
-    dist (q, w) unsigned, columns >= n_valid are zero padding (w - n_valid of them per row)
-    -> (q, n_bins) int64 counts of the first n_valid columns.
+    dist (q, w) unsigned (rows may be a strided slice), columns >= n_valid are zero padding
+    (w - n_valid of them per row) -> (q, n_bins) int64 counts of the first n_valid columns.
+
+    This is the dominant cost of the Hamming path.  torch.bincount is used when available:
+    it is ~2x faster than np.bincount here and releases the GIL, so two chunks are
+    histogrammed in parallel by the worker threads of ``_hamming_pass``.
     """
     q, w = dist.shape
     pad = w - n_valid
-    if dist.dtype == np.uint8 and w % 2 == 0 and 256 * n_bins <= w:
-        # Count pairs of adjacent distances at once: viewed as uint16 each element is
-        # d[2i] + 256*d[2i+1], so one bincount over w/2 values gives the joint histogram of
-        # (d[2i+1], d[2i]); its two marginals summed are the histogram.  Halves the
-        # bincount work, the dominant cost of the Hamming path.
-        pairs = dist.view(np.uint16)
-        hist = np.empty((q, n_bins), dtype=np.int64)
-        sub = 32  # rows whose joint histograms are held at once (32 x 256 x n_bins int64)
+    torch = _torch() if dist.dtype == np.uint8 else None
+    hist = np.empty((q, n_bins), dtype=np.int64)
+    paired = dist.dtype == np.uint8 and w % 2 == 0 and 256 * n_bins <= w and dist.strides[1] == 1
+    if paired and torch is not None and n_bins <= 128:
+        # Count pairs of adjacent distances at once: viewed as int16 each element is
+        # d[2i] + 256*d[2i+1] (< 2^15 for distances <= 127), so one bincount over w/2
+        # values gives the joint histogram of (d[2i+1], d[2i]); the sum of its two
+        # marginals is the histogram.  Halves the counting work.
+        pairs = torch.from_numpy(np.ascontiguousarray(dist).view(np.int16))
+        size = 256 * n_bins
+        sub = 32  # rows whose joint histograms are held at once (32 x n_bins x 256 int64)
+        for r0 in range(0, q, sub):
+            r1 = min(r0 + sub, q)
+            joint = torch.stack([torch.bincount(pairs[i], minlength=size) for i in range(r0, r1)])
+            joint = joint.view(r1 - r0, n_bins, 256)[:, :, :n_bins]
+            hist[r0:r1] = (joint.sum(dim=1) + joint.sum(dim=2)).numpy()
+    elif paired and torch is None:
+        # Same pairing trick with numpy (uint16 view, no sign limit).
+        pairs = np.ascontiguousarray(dist).view(np.uint16)
+        sub = 32
         joint = np.empty((sub, n_bins, 256), dtype=np.int64)
         for r0 in range(0, q, sub):
             r1 = min(r0 + sub, q)
@@ -337,10 +380,13 @@ def _row_histograms(dist: np.ndarray, n_bins: int, n_valid: int) -> np.ndarray:
                 joint[i - r0] = np.bincount(pairs[i], minlength=256 * n_bins).reshape(n_bins, 256)
             j = joint[: r1 - r0, :, :n_bins]
             hist[r0:r1] = j.sum(axis=1) + j.sum(axis=2)
+    elif torch is not None:
+        for i in range(q):
+            hist[i] = torch.bincount(torch.from_numpy(dist[i]), minlength=n_bins).numpy()
     else:
         offsets = np.arange(q, dtype=np.intp)[:, None] * n_bins
         keys = np.add(dist, offsets, dtype=np.intp)
-        hist = np.bincount(keys.ravel(), minlength=q * n_bins).reshape(q, n_bins)
+        hist[:] = np.bincount(keys.ravel(), minlength=q * n_bins).reshape(q, n_bins)
     if pad:
         hist[:, 0] -= pad
     return hist
@@ -494,7 +540,7 @@ def evaluate_retrieval(
         # ~4M pairs (4 MB of uint8 distances) keeps the XOR/popcount/histogram passes
         # cache-friendly; measured ~2x faster than 100 MB chunks.
         chunk = chunk_size or _default_chunk(n_db, 1 << 22)
-        groups, pred = _hamming_pass(q_arr, q_lab, q_order, db_arr, db_lab, bits, k, chunk)
+        chunks = _hamming_pass(q_arr, q_lab, q_order, db_arr, db_lab, bits, k, chunk)
     else:
         if bits is not None:
             raise DeephashError(f"bits only applies to hamming distance, not {distance}.")
@@ -506,18 +552,30 @@ def evaluate_retrieval(
             raise DeephashError("features contain NaN or infinite values.")
         # ~8M pairs: distances + sorted copy (float32) + mask ~ 80 MB per chunk.
         chunk = chunk_size or _default_chunk(n_db, 1 << 23)
-        groups, pred = _float_pass(qf, q_lab, q_order, dbf, db_lab, label_members, distance, k, chunk)
+        chunks = _float_pass(qf, q_lab, q_order, dbf, db_lab, label_members, distance, k, chunk)
 
-    row, before, size, rel_before, rel = groups
-    per_q = _group_metrics(row, before, size, rel_before, rel, n_q, n_db, R[q_order], map_ks, prec_ks)
-    knn_acc = float(np.mean(pred == q_lab[q_order]))
+    # Per-query values, rows in q_order; tie groups are turned into metrics chunk by chunk
+    # so their arrays never exceed one chunk.
+    R_sorted = R[q_order]
+    ap, ap_opt, ap_pess = (np.empty(n_q) for _ in range(3))
+    ap_at = {K: np.empty(n_q) for K in map_ks}
+    prec = {K: np.empty(n_q) for K in prec_ks}
+    pred = np.empty(n_q, dtype=np.int64)
+    for c0, c1, (row, before, size, rel_before, rel), chunk_pred in chunks:
+        per_q = _group_metrics(row, before, size, rel_before, rel, c1 - c0, n_db, R_sorted[c0:c1], map_ks, prec_ks)
+        ap[c0:c1], ap_opt[c0:c1], ap_pess[c0:c1] = per_q.ap, per_q.ap_opt, per_q.ap_pess
+        for K in map_ks:
+            ap_at[K][c0:c1] = per_q.ap_at[K]
+        for K in prec_ks:
+            prec[K][c0:c1] = per_q.prec_at[K]
+        pred[c0:c1] = chunk_pred
     return RetrievalResult(
-        map=float(per_q.ap.mean()),
-        map_optimistic=float(per_q.ap_opt.mean()),
-        map_pessimistic=float(per_q.ap_pess.mean()),
-        map_at={K: float(v.mean()) for K, v in per_q.ap_at.items()},
-        precision_at={K: float(v.mean()) for K, v in per_q.prec_at.items()},
-        knn_accuracy=knn_acc,
+        map=float(ap.mean()),
+        map_optimistic=float(ap_opt.mean()),
+        map_pessimistic=float(ap_pess.mean()),
+        map_at={K: float(v.mean()) for K, v in ap_at.items()},
+        precision_at={K: float(v.mean()) for K, v in prec.items()},
+        knn_accuracy=float(np.mean(pred == q_lab[q_order])),
         knn_k=k,
         queries=n_q,
         database=n_db,
@@ -534,7 +592,10 @@ def _concat_groups(parts: list[tuple[np.ndarray, ...]]):
 
 
 def _hamming_pass(q_codes, q_lab, q_order, db_codes, db_lab, bits, k, chunk):
-    """Tie groups and k-NN predictions for packed codes, rows numbered in ``q_order``.
+    """Yield (c0, c1, tie groups, k-NN predictions) per chunk of rows c0:c1 of ``q_order``.
+
+    Tie groups have chunk-local row numbers.  ``k=None`` skips the k-NN vote (its
+    predictions are then None).
 
     Per query chunk: one XOR/popcount pass gives the distances (rows, n) uint8/uint16;
     a per-row histogram over 0..bits gives the tie-group sizes, and the histogram of
@@ -542,8 +603,6 @@ def _hamming_pass(q_codes, q_lab, q_order, db_codes, db_lab, bits, k, chunk):
     label's relevant columns are one contiguous slice.  The exact tie-aware metrics then
     need O(bits) work per query.
 
-    The distance pass (numpy ufuncs, which release the GIL) of the next chunk runs in a
-    helper thread while this thread histograms the current one (np.bincount holds the GIL).
     """
     n_q = q_order.size
     db_order = np.argsort(db_lab, kind="stable")
@@ -554,43 +613,49 @@ def _hamming_pass(q_codes, q_lab, q_order, db_codes, db_lab, bits, k, chunk):
     n_bins = bits + 1
     q_words = as_words(q_codes)
     q_lab_sorted = q_lab[q_order]
-    parts = []
-    pred = np.empty(n_q, dtype=np.int64)
-    width = n_db + (n_db % 2)  # even width allows the paired-uint16 histogram; pad column stays 0
+    width = n_db + (n_db % 2)  # even width allows the paired histogram; the pad column stays 0
     rows = min(chunk, n_q)
-    buffers = [np.zeros((rows, width), dtype=distance_dtype(bits)) for _ in range(2)]
     starts = list(range(0, n_q, chunk))
+    workers = max(1, min(2, os.cpu_count() or 1, len(starts)))
+    in_flight = workers + 1  # chunks submitted ahead; each owns one of these buffers
+    buffers = [np.zeros((rows, width), dtype=distance_dtype(bits)) for _ in range(min(in_flight, len(starts)))]
 
-    def distances(i: int) -> np.ndarray:
+    def process(i: int):
         c0, c1 = starts[i], min(starts[i] + chunk, n_q)
-        dist = buffers[i % 2][: c1 - c0]
+        dist = buffers[i % len(buffers)][: c1 - c0]
         hamming_words(q_words[q_order[c0:c1]], db_words, dist[:, :n_db])
-        return dist
-
-    with ThreadPoolExecutor(max_workers=1) as pool:
-        pending = pool.submit(distances, 0)
-        for i, c0 in enumerate(starts):
-            c1 = min(c0 + chunk, n_q)
-            dist = pending.result()
-            if i + 1 < len(starts):
-                pending = pool.submit(distances, i + 1)  # writes the other buffer
-            hist_all = _row_histograms(dist, n_bins, n_db)
-            hist_rel = np.zeros_like(hist_all)
-            for a, b in _label_runs(q_lab_sorted[c0:c1]):
-                block = blocks.get(int(q_lab_sorted[c0 + a]))
-                if block is None:
-                    continue  # no relevant item in the database: R = 0
-                hist_rel[a:b] = _row_histograms(dist[a:b, block[0] : block[1]], n_bins, block[1] - block[0])
-            row, before, size, rel_before, rel = _groups_from_histograms(hist_rel, hist_all)
-            parts.append((row + c0, before, size, rel_before, rel))
+        hist_all = _row_histograms(dist, n_bins, n_db)
+        hist_rel = np.zeros_like(hist_all)
+        for a, b in _label_runs(q_lab_sorted[c0:c1]):
+            block = blocks.get(int(q_lab_sorted[c0 + a]))
+            if block is None:
+                continue  # no relevant item in the database: R = 0
+            hist_rel[a:b] = _row_histograms(dist[a:b, block[0] : block[1]], n_bins, block[1] - block[0])
+        # All returned arrays are copies, so the buffer can be reused once this is consumed.
+        groups = _groups_from_histograms(hist_rel, hist_all)
+        pred = None
+        if k is not None:
             # k-th smallest distance of each row: first bin where the cumulative count reaches k.
             kth = np.argmax(np.cumsum(hist_all, axis=1) >= k, axis=1).astype(dist.dtype)
-            pred[c0:c1] = _knn_predict(dist[:, :n_db], kth, k, db_lab_sorted, db_order)
-    return _concat_groups(parts), pred
+            pred = _knn_predict(dist[:, :n_db], kth, k, db_lab_sorted, db_order)
+        return c0, c1, groups, pred
+
+    # Chunks are processed by worker threads: the XOR/popcount ufuncs and torch.bincount
+    # release the GIL, so two chunks progress in parallel on two cores.  At most
+    # ``in_flight`` chunks are pending, which bounds memory to that many buffers.
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        pending = deque(pool.submit(process, i) for i in range(min(in_flight, len(starts))))
+        next_i = len(pending)
+        while pending:
+            result = pending.popleft().result()
+            if next_i < len(starts):
+                pending.append(pool.submit(process, next_i))
+                next_i += 1
+            yield result
 
 
 def _float_pass(qf, q_lab, q_order, dbf, db_lab, label_members, distance, k, chunk):
-    """Tie groups and k-NN predictions for float features, rows numbered in ``q_order``.
+    """Yield (c0, c1, tie groups, k-NN predictions) per chunk of rows c0:c1 of ``q_order``.
 
     Per query chunk: distances by one matmul, an ascending sort of every row, and of the
     relevant block; each distinct relevant distance is then located in the sorted row
@@ -604,8 +669,6 @@ def _float_pass(qf, q_lab, q_order, dbf, db_lab, label_members, distance, k, chu
         norms = np.sqrt(np.einsum("ij,ij->i", dbf, dbf, dtype=np.float64))
         # Zero vectors get similarity 0 with everything (distance 1), never NaN.
         db_inv = np.where(norms > 0, 1.0 / np.where(norms > 0, norms, 1.0), 0.0).astype(np.float32)
-    parts = []
-    pred = np.empty(n_q, dtype=np.int64)
     for c0 in range(0, n_q, chunk):
         c1 = min(c0 + chunk, n_q)
         qc = qf[q_order[c0:c1]]
@@ -625,6 +688,7 @@ def _float_pass(qf, q_lab, q_order, dbf, db_lab, label_members, distance, k, chu
             dist += 0.0  # turn -0.0 into +0.0 so equal similarities compare and sort as equal
         sorted_all = np.sort(dist, axis=1)
         has_ties = np.any(sorted_all[:, 1:] == sorted_all[:, :-1], axis=1)
+        parts = []
         for a, b in _label_runs(q_lab_sorted[c0:c1]):
             members = label_members.get(int(q_lab_sorted[c0 + a]))
             if members is None:
@@ -632,6 +696,5 @@ def _float_pass(qf, q_lab, q_order, dbf, db_lab, label_members, distance, k, chu
             rel_sorted = np.sort(dist[a:b][:, members], axis=1)
             for i in range(a, b):
                 before, size, rel_before, rel = _groups_from_sorted(sorted_all[i], rel_sorted[i - a], bool(has_ties[i]))
-                parts.append((np.full(before.size, c0 + i, dtype=np.int64), before, size, rel_before, rel))
-        pred[c0:c1] = _knn_predict(dist, sorted_all[:, k - 1], k, db_lab)
-    return _concat_groups(parts), pred
+                parts.append((np.full(before.size, i, dtype=np.int64), before, size, rel_before, rel))
+        yield c0, c1, _concat_groups(parts), _knn_predict(dist, sorted_all[:, k - 1], k, db_lab)

@@ -451,3 +451,24 @@ def test_chunking_and_query_order_do_not_change_results():
     shuffled = evaluate_retrieval(q[perm], ql[perm], db, dl, **kw)
     assert shuffled.map == pytest.approx(base["map"], abs=1e-12)
     assert shuffled.knn_accuracy == base["knn_accuracy"]
+
+
+@pytest.mark.parametrize("use_torch", [True, False])
+@pytest.mark.parametrize("bits, ndb", [(8, 2500), (5, 40), (130, 60), (260, 50)])
+def test_histogram_backends_agree_with_float_path(monkeypatch, use_torch, bits, ndb):
+    # Covers every histogram branch: paired (large database), per-row torch, numpy
+    # fallbacks (torch hidden) and uint16 distances (>= 256 bits).
+    if not use_torch:
+        monkeypatch.setattr(metrics_mod, "_torch", lambda: None)
+    rng = np.random.default_rng(bits + ndb)
+    qb, dbb = rng.integers(0, 2, (23, bits)), rng.integers(0, 2, (ndb, bits))
+    ql, dl = rng.integers(0, 4, 23), rng.integers(0, 4, ndb)
+    kw = dict(map_at=(3, 30), precision_at=(3, 30), knn_k=5, chunk_size=9)
+    rh = evaluate_retrieval(pack_codes(qb), ql, pack_codes(dbb), dl, distance="hamming", bits=bits, **kw)
+    rf = evaluate_retrieval((2.0 * qb - 1).astype(np.float32), ql, (2.0 * dbb - 1).astype(np.float32), dl,
+                            distance="euclidean", **kw)
+    assert rh.map == pytest.approx(rf.map, abs=1e-12)
+    assert rh.map_pessimistic == pytest.approx(rf.map_pessimistic, abs=1e-12)
+    assert rh.map_at == pytest.approx(rf.map_at, abs=1e-12)
+    assert rh.precision_at == pytest.approx(rf.precision_at, abs=1e-12)
+    assert rh.knn_accuracy == rf.knn_accuracy
