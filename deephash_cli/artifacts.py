@@ -132,6 +132,13 @@ def command_line() -> str:
 # --------------------------------------------------------------------------- writing
 
 
+def make_public(path: str | os.PathLike[str]) -> None:
+    """Give a temp file the permissions a normally created file would get (mkstemp makes it 0600)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, 0o666 & ~umask)
+
+
 def check_output(path: str | os.PathLike[str], force: bool) -> None:
     """Refuse an existing output (unless force) or a missing output folder, before any work is done."""
     path = Path(path)
@@ -259,6 +266,7 @@ class ArtifactWriter:
         if self.path.exists() and not self.force:  # appeared while we worked
             self._tmp_path.unlink(missing_ok=True)
             raise DeephashError(f"{self.path} appeared while writing; pass --force to overwrite it")
+        make_public(self._tmp_path)
         os.replace(self._tmp_path, self.path)
 
 

@@ -171,7 +171,8 @@ def evaluate(
                                  "--queries-per-class items per class of --query-split against all other items "
                                  "(the standard hashing protocol: 1,000 vs 59,000 on CIFAR-10)."),
     query_split: str = typer.Option("test", help="Split the queries come from."),
-    database_split: str = typer.Option("train", help="Database split (protocol splits)."),
+    database_split: str = typer.Option("train,val", help="Database splits, comma-separated (protocol splits); "
+                                       "val is used when present."),
     queries_per_class: int = typer.Option(100, help="Queries per class (protocol pooled)."),
     seed: int = typer.Option(0, help="Seed of the pooled protocol's query draw."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object on stdout instead of a table."),
@@ -291,6 +292,77 @@ def train_triplet(
         stderr_console().print(f"margin {run['margin']}: best val mAP {run['val_map']:.4f} at epoch "
                                f"{run['best_epoch']} ({run['seconds_per_epoch']:.2f} s/epoch)")
     stderr_console().print(f"chosen margin: {summary['chosen_margin']} (val mAP {summary['best_val_map']:.4f})")
+    typer.echo(str(out))
+
+
+@command("train-hash")
+def train_hash(
+    features: Path = typer.Argument(..., help="A features (or embeddings) artifact."),
+    output: Optional[Path] = typer.Option(None, "-o", "--output", help="Output model artifact. Default: "
+                                          "artifacts/<input>.hash-<method>-<bits>.model.h5"),
+    bits: int = typer.Option(48, help="Code length in bits (8..256)."),
+    method: str = typer.Option("dtsh", help="dtsh (Wang, Shi & Kitani 2016: triplet-label likelihood on ½uᵀv, "
+                               "margin α, + λ‖b−u‖²) or triplet-ranking (Lai et al. 2015: hinge on tanh outputs, "
+                               "margin bits/4)."),
+    alpha: Optional[float] = typer.Option(None, help="DTSH margin α (default bits/2, the paper's constant)."),
+    lam: float = typer.Option(1.0, "--lambda", help="DTSH quantisation weight λ."),
+    lam_warmup: int = typer.Option(0, help="DTSH: λ = 0 for the first N epochs (schedule)."),
+    alpha_ramp: Optional[str] = typer.Option(None, help="DTSH: START:END:EVERY, α starts at START and doubles "
+                                             "every EVERY epochs up to END, e.g. 1:16:2 (schedule)."),
+    ranking_margin: Optional[float] = typer.Option(None, help="triplet-ranking margin (default bits/4)."),
+    head: str = typer.Option("mlp", help="Hash network: linear or mlp."),
+    hidden: int = typer.Option(512, help="Hidden width of the mlp head."),
+    miner: str = MINER,
+    classes_per_batch: int = P_OPT,
+    samples_per_class: int = K_OPT,
+    val_fraction: float = VAL,
+    epochs: int = EPOCHS,
+    batch_size: int = BATCH,
+    lr: float = LR,
+    optimizer: str = OPTIMIZER,
+    weight_decay: float = WEIGHT_DECAY,
+    early_stopping: Optional[int] = EARLY,
+    seed: int = SEED,
+    device: str = DEVICE,
+    force: bool = typer.Option(False, help="Overwrite an existing output."),
+) -> None:
+    """Train a hash network (features → bits real outputs → sign); validation mAP of the binary codes."""
+    from deephash_cli.backbones import resolve_device
+    from deephash_cli.hashing import HashOptions
+    from deephash_cli.train_stages import run_train_hash
+    from deephash_cli.ui import stderr_console
+
+    out = output or _default_output(f"{features.stem}.hash-{method}-{bits}.model.h5")
+    options = _train_options(epochs, batch_size, lr, optimizer, weight_decay, seed, early_stopping, miner,
+                             classes_per_batch, samples_per_class)
+    hash_options = HashOptions(alpha=alpha, lam=lam, lam_warmup=lam_warmup, alpha_ramp=alpha_ramp,
+                               margin=ranking_margin)
+    summary = run_train_hash(features, out, bits=bits, method=method, hash_options=hash_options, head=head,
+                             hidden=hidden, val_fraction=val_fraction, options=options,
+                             device=resolve_device(device), force=force)
+    stderr_console().print(f"best val mAP {summary['best_val_map']:.4f} at epoch {summary['best_epoch']} "
+                           f"({summary['seconds_per_epoch']:.2f} s/epoch)")
+    typer.echo(str(out))
+
+
+@command("encode")
+def encode(
+    features: Path = typer.Argument(..., help="A features artifact (the same backbone the model was trained on)."),
+    model: Path = typer.Option(..., "--model", help="A model artifact from train-hash or train-triplet."),
+    output: Optional[Path] = typer.Option(None, "-o", "--output", help="Output codes (or embeddings) artifact. "
+                                          "Default: artifacts/<model>.codes.h5"),
+    relaxed: bool = typer.Option(False, help="Write a hash model's real-valued outputs (embeddings) instead of "
+                                 "the binary codes."),
+    device: str = DEVICE,
+    force: bool = typer.Option(False, help="Overwrite an existing output."),
+) -> None:
+    """Encode every split with a trained model: packed binary codes (MSB first, faiss-ready) or embeddings."""
+    from deephash_cli.backbones import resolve_device
+    from deephash_cli.train_stages import run_encode
+
+    suffix = "relaxed" if relaxed else "codes"
+    out = output or _default_output(f"{model.name.removesuffix('.h5').removesuffix('.model')}.{suffix}.h5")
+    run_encode(features, model, out, relaxed=relaxed, device=resolve_device(device), force=force)
     typer.echo(str(out))
 
 

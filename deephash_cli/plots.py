@@ -13,6 +13,7 @@ matplotlib.use("Agg")  # no display on servers and CI
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from deephash_cli.artifacts import make_public  # noqa: E402
 from deephash_cli.errors import DeephashError  # noqa: E402
 
 
@@ -27,6 +28,7 @@ def save_figure(figure, path: str | os.PathLike[str], force: bool = False, dpi: 
     os.close(fd)
     try:
         figure.savefig(tmp, dpi=dpi, bbox_inches="tight", format="png")
+        make_public(tmp)
         os.replace(tmp, path)
     finally:
         plt.close(figure)

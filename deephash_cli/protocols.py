@@ -24,11 +24,13 @@ class QueryDatabase:
 
 
 def select(artifact: Artifact, *, protocol: str = "splits", query_split: str = "test",
-           database_split: str = "train", queries_per_class: int = 100, seed: int = 0) -> QueryDatabase:
+           database_split: str = "train,val", queries_per_class: int = 100, seed: int = 0) -> QueryDatabase:
     """Pick queries and database from an artifact.
 
-    - ``splits``: every item of ``query_split`` against every item of ``database_split`` (the
-      splits must differ, so no query meets itself).
+    - ``splits``: every item of ``query_split`` against every item of the comma-separated
+      ``database_split`` list (default ``train,val``: ``val`` is used when present, so an
+      artifact whose validation split was carved from train is searched against the same
+      database as its parent). A query split cannot also be a database split.
     - ``pooled``: the standard hashing protocol (e.g. DPSH/DTSH on CIFAR-10): ``queries_per_class``
       items per class drawn (seeded) from ``query_split`` are the queries; all other items of all
       splits form the database (CIFAR-10: 1,000 queries against 59,000).
@@ -36,12 +38,18 @@ def select(artifact: Artifact, *, protocol: str = "splits", query_split: str = "
     if protocol not in PROTOCOLS:
         raise DeephashError(f"unknown protocol '{protocol}'; valid names: {', '.join(PROTOCOLS)}")
     if protocol == "splits":
-        if query_split == database_split:
-            raise DeephashError(f"query and database splits are both '{query_split}'; choose different splits "
-                                f"or --protocol pooled")
-        q, db = artifact.split(query_split), artifact.split(database_split)
-        return QueryDatabase(q.data, q.labels, db.data, db.labels,
-                             f"{query_split} ({len(q)}) against {database_split} ({len(db)})")
+        names = [s.strip() for s in database_split.split(",") if s.strip()]
+        if query_split in names:
+            raise DeephashError(f"split '{query_split}' is both the query and a database split; choose different "
+                                f"splits or --protocol pooled")
+        names = [s for s in names if s in artifact.splits or s != "val"]  # val only when present
+        if not names:
+            raise DeephashError("--database-split names no split")
+        q, dbs = artifact.split(query_split), [artifact.split(s) for s in names]
+        database = np.concatenate([d.data for d in dbs])
+        database_labels = np.concatenate([d.labels for d in dbs])
+        return QueryDatabase(q.data, q.labels, database, database_labels,
+                             f"{query_split} ({len(q)}) against {'+'.join(names)} ({len(database_labels)})")
     if queries_per_class <= 0:
         raise DeephashError(f"--queries-per-class must be positive, got {queries_per_class}")
     source = artifact.split(query_split)

@@ -210,5 +210,91 @@ def run_train_triplet(features_path: Path, output: Path, *, save_model_path: Pat
     if save_model_path is not None:
         save_model(model, save_model_path, features_path=features_path, config=config, history=result.history,
                    extra={"input": input_signature(data.artifact), "loss": loss, "margin": chosen_margin,
-                          "produces": "embeddings"}, force=force)
+                          "produces": "embeddings", "val_fraction": val_fraction,
+                          "seed": options.seed}, force=force)
     return summary
+
+
+# --------------------------------------------------------------------------- train-hash
+
+
+def binarize(outputs: torch.Tensor) -> tuple[np.ndarray, int]:
+    """Relaxed outputs (n, bits) -> packed codes (n, ceil(bits/8)) uint8 and bits (1 where output > 0)."""
+    from deephash_cli.codes import pack_codes
+
+    values = outputs.cpu().numpy()
+    return pack_codes(values), int(values.shape[1])
+
+
+def run_train_hash(features_path: Path, output: Path, *, bits: int, method: str, hash_options: Any, head: str,
+                   hidden: int, val_fraction: float, options: TrainOptions, device: torch.device,
+                   force: bool) -> dict[str, Any]:
+    """Train a hash head (features -> bits real outputs -> sign); save it as a model artifact."""
+    from deephash_cli.hashing import HASH_METHODS, check_bits
+
+    check_bits(bits)
+    spec = HASH_METHODS.get(method)
+    options.check()
+    artifacts.check_output(output, force)
+    data = prepare_splits(features_path, val_fraction, options.seed)
+    train, val = data.splits["train"], data.splits["val"]
+    train_x, train_y = as_tensor(train.features, device), as_tensor(train.labels, device)
+    val_x = as_tensor(val.features, device)
+
+    def validate(model: torch.nn.Module) -> float:
+        codes, _ = binarize(embed(model, val_x))
+        return validation_map(codes, val.labels, distance="hamming", bits=bits)
+
+    torch.manual_seed(options.seed)
+    model = Head(head, train.features.shape[1], bits, hidden, spec.output).to(device)
+    model.fit_standardizer(train_x)
+    loss_fn = spec.make_loss(bits, hash_options)
+    run_options = TrainOptions(**{**options.__dict__, "margin": spec.miner_margin(bits, hash_options)})
+    result = _progress_fit(f"{method} {bits} bits", model, loss_fn, train_x, train_y, run_options, validate,
+                           before_epoch=lambda epoch: spec.schedule(loss_fn, bits, epoch, hash_options))
+    summary = {"best_val_map": result.best_score, "best_epoch": result.best_epoch,
+               "seconds_per_epoch": float(np.mean([h["seconds"] for h in result.history]))}
+    config = {"stage": "train-hash", "method": method, "bits": bits, "head": head, "hidden": hidden,
+              "val_fraction": val_fraction, **hash_options.__dict__,
+              **{k: v for k, v in options.__dict__.items() if k != "margin"}, "device": str(device),
+              "input": input_signature(data.artifact), **summary, "source": data.artifact.config}
+    save_model(model, output, features_path=features_path, config=config, history=result.history,
+               extra={"input": input_signature(data.artifact), "method": method, "bits": bits,
+                      "produces": "codes", "val_fraction": val_fraction, "seed": options.seed}, force=force)
+    return summary
+
+
+# --------------------------------------------------------------------------- encode
+
+
+def run_encode(features_path: Path, model_path: Path, output: Path, *, relaxed: bool, device: torch.device,
+               force: bool) -> dict[str, Any]:
+    """Map every split of a features artifact through a saved head: codes (hash models) or embeddings.
+
+    A model refuses features of another dimension or backbone. With the model's validation
+    settings, the same validation split it was selected on is carved again and stored.
+    """
+    artifacts.check_output(output, force)
+    model, architecture = load_model(model_path)
+    expected = architecture.get("input", {})
+    data_artifact = artifacts.read_artifact(features_path, expect_kinds=("features", "embeddings"))
+    found = input_signature(data_artifact)
+    mismatches = [f"{key} {expected[key]!r} (model) vs {found[key]!r} (features)" for key in ("dim", "backbone")
+                  if key in expected and expected[key] != found[key]]
+    if mismatches:
+        raise DeephashError(f"{model_path} was trained on other features than {features_path}: "
+                            f"{'; '.join(mismatches)}")
+    produces = architecture.get("produces", "embeddings")
+    data = prepare_splits(features_path, architecture.get("val_fraction", 0.1), architecture.get("seed", 0))
+    model = model.to(device)
+    if produces == "codes" and not relaxed:
+        kind, encode = "codes", binarize
+    else:
+        kind, encode = "embeddings", (lambda out: (out.cpu().numpy(), None))
+    config = {"stage": "encode", "model": str(model_path), "model_sha256": artifacts.sha256_file(model_path),
+              "relaxed": relaxed, "produces": kind, "method": architecture.get("method"),
+              "loss": architecture.get("loss"), "bits": architecture.get("bits"), "input": found,
+              "source": data_artifact.config, "model_config": artifacts.read_header(model_path)["config"]}
+    _write_outputs(model, data, output, kind=kind, features_path=features_path, config=config, history=[],
+                   device=device, encode=encode, force=force)
+    return {"kind": kind, "bits": architecture.get("bits")}

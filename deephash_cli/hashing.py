@@ -1,0 +1,93 @@
+"""Hash methods: which loss, which head output, and which per-epoch schedule, by name.
+
+A method turns B real outputs into a loss over index triplets; codes are sign(outputs) packed by
+``codes.pack_codes``. Schedules are pure functions of the epoch (1-based) that set loss attributes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+from torch import nn
+
+from deephash_cli.errors import DeephashError
+from deephash_cli.losses import DTSHLoss, TripletRankingLoss
+from deephash_cli.registry import Registry
+
+MIN_BITS, MAX_BITS = 8, 256
+
+
+@dataclass
+class HashOptions:
+    """Method hyper-parameters. None means the method's paper default for the code length."""
+
+    alpha: float | None = None  # DTSH margin α (paper constant: bits/2)
+    lam: float = 1.0  # DTSH quantisation weight λ
+    lam_warmup: int = 0  # DTSH: λ = 0 for the first N epochs, then ``lam``
+    alpha_ramp: str | None = None  # DTSH: "START:END:EVERY": α starts at START, doubles every EVERY epochs up to END
+    margin: float | None = None  # triplet-ranking margin (default bits/4)
+
+
+@dataclass
+class HashMethod:
+    """A loss factory, the head output it expects, and a schedule (epoch -> logged values)."""
+
+    name: str
+    output: str  # head output: 'raw' or 'tanh'
+    make_loss: Callable[[int, HashOptions], nn.Module]
+    schedule: Callable[[nn.Module, int, int, HashOptions], dict[str, float]]
+    miner_margin: Callable[[int, HashOptions], float]
+
+
+HASH_METHODS: Registry[HashMethod] = Registry("hash method")
+
+
+def check_bits(bits: int) -> int:
+    """Code lengths from 8 to 256 bits."""
+    if not MIN_BITS <= bits <= MAX_BITS:
+        raise DeephashError(f"--bits must lie in {MIN_BITS}..{MAX_BITS}, got {bits}")
+    return bits
+
+
+def parse_ramp(text: str) -> tuple[float, float, int]:
+    """'1:16:2' -> (start 1, end 16, every 2 epochs)."""
+    try:
+        start, end, every = text.split(":")
+        parsed = float(start), float(end), int(every)
+    except ValueError:
+        raise DeephashError(f"--alpha-ramp expects START:END:EVERY (e.g. 1:16:2), got '{text}'") from None
+    if parsed[0] <= 0 or parsed[1] < parsed[0] or parsed[2] <= 0:
+        raise DeephashError(f"--alpha-ramp needs 0 < START <= END and EVERY > 0, got '{text}'")
+    return parsed
+
+
+def dtsh_alpha(bits: int, epoch: int, options: HashOptions) -> float:
+    """α at ``epoch``: the ramp START·2^((epoch-1)//EVERY) capped at END, else the constant (bits/2 default)."""
+    if options.alpha_ramp:
+        start, end, every = parse_ramp(options.alpha_ramp)
+        return min(end, start * 2 ** ((epoch - 1) // every))
+    return options.alpha if options.alpha is not None else bits / 2
+
+
+def _dtsh_schedule(loss: nn.Module, bits: int, epoch: int, options: HashOptions) -> dict[str, float]:
+    loss.alpha = dtsh_alpha(bits, epoch, options)
+    loss.lam = 0.0 if epoch <= options.lam_warmup else options.lam
+    return {"alpha": loss.alpha, "lam": loss.lam}
+
+
+HASH_METHODS.register("dtsh")(HashMethod(
+    "dtsh", "raw",
+    make_loss=lambda bits, o: DTSHLoss(alpha=dtsh_alpha(bits, 1, o), lam=o.lam),
+    schedule=_dtsh_schedule,
+    # Miners rank by distance of normalised outputs; DTSH's α is on inner products, so miners get
+    # the FaceNet-scale default window.
+    miner_margin=lambda bits, o: 0.2,
+))
+HASH_METHODS.register("triplet-ranking")(HashMethod(
+    "triplet-ranking", "tanh",
+    make_loss=lambda bits, o: TripletRankingLoss(margin=o.margin or TripletRankingLoss.default_margin(bits),
+                                                 apply_tanh=False),
+    schedule=lambda loss, bits, epoch, o: {"margin": loss.margin},
+    miner_margin=lambda bits, o: 0.2,
+))
