@@ -65,8 +65,25 @@ of the top ``k``:
   labels is broken in favour of the tied label whose best-ranked neighbour comes
   first.  Accuracy is the fraction of queries whose winning label equals their own.
 
-Queries are processed in chunks (``chunk_size`` queries at a time) so the extra memory
-stays bounded (tens to a few hundred MB) whatever the database size.
+Implementation
+--------------
+Queries are processed in chunks (``chunk_size`` queries at a time; by default about 4M
+query-database pairs for codes, 8M for float features) by two worker threads, so the
+extra memory stays bounded (about 250 MB for float features, far less for codes)
+whatever the database size; only a row of one query's distances grows with ``n``.
+
+* Hamming: one XOR + popcount pass over uint64 words gives a chunk's distances; a
+  per-query histogram over 0..bits of all items and of the relevant items (the
+  database is grouped by label, so they are one slice) gives every tie group's size
+  and relevant count, and the closed forms above need O(bits) work per query.  The
+  histograms use ``torch.bincount`` when torch is importable (about 2x faster than
+  ``np.bincount`` and it releases the GIL), numpy otherwise; results are identical.
+* Float: one matmul per chunk, an ascending ``np.sort`` of every row and of its
+  relevant block; each distinct relevant distance is located in the sorted row by
+  binary search, which yields its tie group's position and size.  Rows without any
+  duplicated distance skip the second search.
+* k-NN: candidates ``distance <= k-th smallest distance`` are sorted by
+  (distance, database index) and the first ``k`` vote.
 """
 
 from __future__ import annotations
@@ -156,7 +173,7 @@ class RetrievalResult:
     map_at: dict[int, float]
     precision_at: dict[int, float]
     knn_accuracy: float
-    knn_k: int
+    knn_k: int  # effective k = min(requested knn_k, database size)
     queries: int
     database: int
     queries_without_relevant: int
@@ -512,15 +529,11 @@ def evaluate_retrieval(
     n_q, n_db = q_arr.shape[0], db_arr.shape[0]
     k = int(min(knn_k, n_db))
 
-    # Relevant items of a query are the database items with its label: index lists per label.
-    db_order = np.argsort(db_lab, kind="stable")
-    db_sorted_lab = db_lab[db_order]
-    label_members = {
-        int(db_sorted_lab[a]): db_order[a:b] for a, b in _label_runs(db_sorted_lab)
-    }
     # Queries are processed grouped by label so each label's relevant block is one slice.
     q_order = np.argsort(q_lab, kind="stable")
-    R = np.array([label_members[l].size if l in label_members else 0 for l in q_lab.tolist()], dtype=np.int64)
+    present, counts = np.unique(db_lab, return_counts=True)
+    pos = np.minimum(np.searchsorted(present, q_lab), present.size - 1)
+    R = np.where(present[pos] == q_lab, counts[pos], 0).astype(np.int64)  # relevant items per query
 
     if distance == "hamming":
         if bits is None:
@@ -552,6 +565,10 @@ def evaluate_retrieval(
             raise DeephashError("features contain NaN or infinite values.")
         # ~8M pairs: distances + sorted copy (float32) + mask ~ 80 MB per chunk.
         chunk = chunk_size or _default_chunk(n_db, 1 << 23)
+        # Relevant items of a query are the database items with its label: index lists per label.
+        db_order = np.argsort(db_lab, kind="stable")
+        db_sorted_lab = db_lab[db_order]
+        label_members = {int(db_sorted_lab[a]): db_order[a:b] for a, b in _label_runs(db_sorted_lab)}
         chunks = _float_pass(qf, q_lab, q_order, dbf, db_lab, label_members, distance, k, chunk)
 
     # Per-query values, rows in q_order; tie groups are turned into metrics chunk by chunk
@@ -591,6 +608,33 @@ def _concat_groups(parts: list[tuple[np.ndarray, ...]]):
     return tuple(np.concatenate([p[i] for p in parts]).astype(np.int64, copy=False) for i in range(5))
 
 
+def _pipelined(process, n_tasks: int, workers: int):
+    """Yield ``process(i)`` for i = 0..n_tasks-1 in order, computed by worker threads.
+
+    numpy ufuncs, BLAS, np.sort and torch.bincount release the GIL, so two chunks progress
+    in parallel on two cores.  At most ``workers + 1`` tasks are pending at a time, so
+    ``process`` may reuse buffer ``i % (workers + 1)`` and memory stays bounded.
+    """
+    if workers <= 1:
+        for i in range(n_tasks):
+            yield process(i)
+        return
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        pending = deque(pool.submit(process, i) for i in range(min(workers + 1, n_tasks)))
+        next_i = len(pending)
+        while pending:
+            result = pending.popleft().result()
+            if next_i < n_tasks:
+                pending.append(pool.submit(process, next_i))
+                next_i += 1
+            yield result
+
+
+def _workers(n_tasks: int) -> int:
+    """Worker threads for the chunk pipeline: at most 2 (more only adds memory traffic)."""
+    return max(1, min(2, os.cpu_count() or 1, n_tasks))
+
+
 def _hamming_pass(q_codes, q_lab, q_order, db_codes, db_lab, bits, k, chunk):
     """Yield (c0, c1, tie groups, k-NN predictions) per chunk of rows c0:c1 of ``q_order``.
 
@@ -616,9 +660,9 @@ def _hamming_pass(q_codes, q_lab, q_order, db_codes, db_lab, bits, k, chunk):
     width = n_db + (n_db % 2)  # even width allows the paired histogram; the pad column stays 0
     rows = min(chunk, n_q)
     starts = list(range(0, n_q, chunk))
-    workers = max(1, min(2, os.cpu_count() or 1, len(starts)))
-    in_flight = workers + 1  # chunks submitted ahead; each owns one of these buffers
-    buffers = [np.zeros((rows, width), dtype=distance_dtype(bits)) for _ in range(min(in_flight, len(starts)))]
+    workers = _workers(len(starts))
+    # One distance buffer per chunk that can be pending in _pipelined.
+    buffers = [np.zeros((rows, width), dtype=distance_dtype(bits)) for _ in range(min(workers + 1, len(starts)))]
 
     def process(i: int):
         c0, c1 = starts[i], min(starts[i] + chunk, n_q)
@@ -640,18 +684,7 @@ def _hamming_pass(q_codes, q_lab, q_order, db_codes, db_lab, bits, k, chunk):
             pred = _knn_predict(dist[:, :n_db], kth, k, db_lab_sorted, db_order)
         return c0, c1, groups, pred
 
-    # Chunks are processed by worker threads: the XOR/popcount ufuncs and torch.bincount
-    # release the GIL, so two chunks progress in parallel on two cores.  At most
-    # ``in_flight`` chunks are pending, which bounds memory to that many buffers.
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        pending = deque(pool.submit(process, i) for i in range(min(in_flight, len(starts))))
-        next_i = len(pending)
-        while pending:
-            result = pending.popleft().result()
-            if next_i < len(starts):
-                pending.append(pool.submit(process, next_i))
-                next_i += 1
-            yield result
+    yield from _pipelined(process, len(starts), workers)
 
 
 def _float_pass(qf, q_lab, q_order, dbf, db_lab, label_members, distance, k, chunk):
@@ -669,7 +702,10 @@ def _float_pass(qf, q_lab, q_order, dbf, db_lab, label_members, distance, k, chu
         norms = np.sqrt(np.einsum("ij,ij->i", dbf, dbf, dtype=np.float64))
         # Zero vectors get similarity 0 with everything (distance 1), never NaN.
         db_inv = np.where(norms > 0, 1.0 / np.where(norms > 0, norms, 1.0), 0.0).astype(np.float32)
-    for c0 in range(0, n_q, chunk):
+    starts = list(range(0, n_q, chunk))
+
+    def process(i: int):
+        c0 = starts[i]
         c1 = min(c0 + chunk, n_q)
         qc = qf[q_order[c0:c1]]
         dist = qc @ dbf.T  # (rows, n) float32
@@ -694,7 +730,9 @@ def _float_pass(qf, q_lab, q_order, dbf, db_lab, label_members, distance, k, chu
             if members is None:
                 continue
             rel_sorted = np.sort(dist[a:b][:, members], axis=1)
-            for i in range(a, b):
-                before, size, rel_before, rel = _groups_from_sorted(sorted_all[i], rel_sorted[i - a], bool(has_ties[i]))
-                parts.append((np.full(before.size, i, dtype=np.int64), before, size, rel_before, rel))
-        yield c0, c1, _concat_groups(parts), _knn_predict(dist, sorted_all[:, k - 1], k, db_lab)
+            for r in range(a, b):
+                before, size, rel_before, rel = _groups_from_sorted(sorted_all[r], rel_sorted[r - a], bool(has_ties[r]))
+                parts.append((np.full(before.size, r, dtype=np.int64), before, size, rel_before, rel))
+        return c0, c1, _concat_groups(parts), _knn_predict(dist, sorted_all[:, k - 1], k, db_lab)
+
+    yield from _pipelined(process, len(starts), _workers(len(starts)))
