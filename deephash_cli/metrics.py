@@ -64,6 +64,9 @@ of the top ``k``:
   first, i.e. a stable sort).  The label with most votes wins; a vote tie between
   labels is broken in favour of the tied label whose best-ranked neighbour comes
   first.  Accuracy is the fraction of queries whose winning label equals their own.
+* Leave-one-out (``exclude_self=True``, query set = database): query ``i``'s own item
+  ``i`` is removed from its ranking; all definitions above then apply with ``n − 1``
+  items and ``R − 1`` relevant ones (``R − 1 = 0`` counts as a query without relevant).
 
 Implementation
 --------------
@@ -288,13 +291,19 @@ _KNN_BLOCK_PAIRS = 1 << 21
 
 
 def _knn_predict(
-    dist: np.ndarray, kth: np.ndarray, k: int, db_labels: np.ndarray, db_index: np.ndarray | None = None
+    dist: np.ndarray,
+    kth: np.ndarray,
+    k: int,
+    db_labels: np.ndarray,
+    db_index: np.ndarray | None = None,
+    exclude_cols: np.ndarray | None = None,
 ) -> np.ndarray:
     """Majority-vote label of the k nearest database items for every row of ``dist``.
 
     dist (q, n) real or unsigned; kth (q,) same dtype, the k-th smallest distance of each
     row; db_labels (n,) int64 label of each column; db_index (n,) int64 original database
-    index of each column when the columns are permuted (None: column j is item j).
+    index of each column when the columns are permuted (None: column j is item j);
+    exclude_cols (q,) int64 optional column that row i must not use (leave-one-out).
     Returns (q,) int64.
 
     Candidates are all items with distance <= kth; sorted by (distance, database index)
@@ -310,6 +319,9 @@ def _knn_predict(
         # (np.flatnonzero is ~10x faster than 2-D np.nonzero here).
         flat = np.flatnonzero(block <= kth[start : start + step, None])
         rows, cols = np.divmod(flat, n)
+        if exclude_cols is not None:
+            keep = cols != exclude_cols[start + rows]
+            flat, rows, cols = flat[keep], rows[keep], cols[keep]
         d = block.ravel()[flat]
         order = np.lexsort((cols if db_index is None else db_index[cols], d, rows))
         rows, cols = rows[order], cols[order]
@@ -495,6 +507,7 @@ def evaluate_retrieval(
     precision_at: Iterable[int] = (100,),
     knn_k: int = 10,
     chunk_size: int | None = None,
+    exclude_self: bool = False,
 ) -> RetrievalResult:
     """Rank the database for every query and compute all retrieval metrics.
 
@@ -504,6 +517,10 @@ def evaluate_retrieval(
     (the latter needs ``bits``).  ``map_at`` / ``precision_at`` are the cutoffs K,
     ``knn_k`` the number of voting neighbours, ``chunk_size`` the queries processed at a
     time (None: chosen from the database size to bound memory).
+
+    ``exclude_self=True`` is leave-one-out retrieval of a set against itself: the query
+    set must be the database (same rows, same labels) and query i's own database item i
+    is removed from its ranking, so every query sees n − 1 items and R − 1 relevant ones.
 
     Definitions are in the module docstring.  Invalid inputs raise DeephashError.
     """
@@ -527,13 +544,21 @@ def evaluate_retrieval(
             f"queries have {q_arr.shape[1]} columns but database items have {db_arr.shape[1]}."
         )
     n_q, n_db = q_arr.shape[0], db_arr.shape[0]
-    k = int(min(knn_k, n_db))
+    if exclude_self:
+        if n_q != n_db or not np.array_equal(q_lab, db_lab):
+            raise DeephashError("exclude_self needs the query set to be the database (same rows and labels).")
+        if n_db < 2:
+            raise DeephashError("exclude_self needs at least 2 items.")
+    n_eff = n_db - int(bool(exclude_self))  # database size each query actually ranks
+    k = int(min(knn_k, n_eff))
 
     # Queries are processed grouped by label so each label's relevant block is one slice.
     q_order = np.argsort(q_lab, kind="stable")
     present, counts = np.unique(db_lab, return_counts=True)
     pos = np.minimum(np.searchsorted(present, q_lab), present.size - 1)
     R = np.where(present[pos] == q_lab, counts[pos], 0).astype(np.int64)  # relevant items per query
+    if exclude_self:
+        R -= 1  # a query's own item is always relevant to it
 
     if distance == "hamming":
         if bits is None:
@@ -553,7 +578,7 @@ def evaluate_retrieval(
         # ~4M pairs (4 MB of uint8 distances) keeps the XOR/popcount/histogram passes
         # cache-friendly; measured ~2x faster than 100 MB chunks.
         chunk = chunk_size or _default_chunk(n_db, 1 << 22)
-        chunks = _hamming_pass(q_arr, q_lab, q_order, db_arr, db_lab, bits, k, chunk)
+        chunks = _hamming_pass(q_arr, q_lab, q_order, db_arr, db_lab, bits, k, chunk, bool(exclude_self))
     else:
         if bits is not None:
             raise DeephashError(f"bits only applies to hamming distance, not {distance}.")
@@ -569,7 +594,7 @@ def evaluate_retrieval(
         db_order = np.argsort(db_lab, kind="stable")
         db_sorted_lab = db_lab[db_order]
         label_members = {int(db_sorted_lab[a]): db_order[a:b] for a, b in _label_runs(db_sorted_lab)}
-        chunks = _float_pass(qf, q_lab, q_order, dbf, db_lab, label_members, distance, k, chunk)
+        chunks = _float_pass(qf, q_lab, q_order, dbf, db_lab, label_members, distance, k, chunk, bool(exclude_self))
 
     # Per-query values, rows in q_order; tie groups are turned into metrics chunk by chunk
     # so their arrays never exceed one chunk.
@@ -579,7 +604,7 @@ def evaluate_retrieval(
     prec = {K: np.empty(n_q) for K in prec_ks}
     pred = np.empty(n_q, dtype=np.int64)
     for c0, c1, (row, before, size, rel_before, rel), chunk_pred in chunks:
-        per_q = _group_metrics(row, before, size, rel_before, rel, c1 - c0, n_db, R_sorted[c0:c1], map_ks, prec_ks)
+        per_q = _group_metrics(row, before, size, rel_before, rel, c1 - c0, n_eff, R_sorted[c0:c1], map_ks, prec_ks)
         ap[c0:c1], ap_opt[c0:c1], ap_pess[c0:c1] = per_q.ap, per_q.ap_opt, per_q.ap_pess
         for K in map_ks:
             ap_at[K][c0:c1] = per_q.ap_at[K]
@@ -635,7 +660,7 @@ def _workers(n_tasks: int) -> int:
     return max(1, min(2, os.cpu_count() or 1, n_tasks))
 
 
-def _hamming_pass(q_codes, q_lab, q_order, db_codes, db_lab, bits, k, chunk):
+def _hamming_pass(q_codes, q_lab, q_order, db_codes, db_lab, bits, k, chunk, exclude_self=False):
     """Yield (c0, c1, tie groups, k-NN predictions) per chunk of rows c0:c1 of ``q_order``.
 
     Tie groups have chunk-local row numbers.  ``k=None`` skips the k-NN vote (its
@@ -651,6 +676,8 @@ def _hamming_pass(q_codes, q_lab, q_order, db_codes, db_lab, bits, k, chunk):
     n_q = q_order.size
     db_order = np.argsort(db_lab, kind="stable")
     db_lab_sorted = db_lab[db_order]
+    db_position = np.empty_like(db_order)
+    db_position[db_order] = np.arange(db_order.size)  # original index -> column
     blocks = {int(db_lab_sorted[a]): (a, b) for a, b in _label_runs(db_lab_sorted)}
     db_words = as_words(db_codes[db_order])
     n_db = db_words.shape[0]
@@ -675,19 +702,27 @@ def _hamming_pass(q_codes, q_lab, q_order, db_codes, db_lab, bits, k, chunk):
             if block is None:
                 continue  # no relevant item in the database: R = 0
             hist_rel[a:b] = _row_histograms(dist[a:b, block[0] : block[1]], n_bins, block[1] - block[0])
+        self_cols = None
+        if exclude_self:
+            # Leave-one-out: remove each query's own (always relevant) item from both counts.
+            self_cols = db_position[q_order[c0:c1]]
+            local = np.arange(c1 - c0)
+            d_self = dist[local, self_cols].astype(np.intp)
+            hist_all[local, d_self] -= 1
+            hist_rel[local, d_self] -= 1
         # All returned arrays are copies, so the buffer can be reused once this is consumed.
         groups = _groups_from_histograms(hist_rel, hist_all)
         pred = None
         if k is not None:
             # k-th smallest distance of each row: first bin where the cumulative count reaches k.
             kth = np.argmax(np.cumsum(hist_all, axis=1) >= k, axis=1).astype(dist.dtype)
-            pred = _knn_predict(dist[:, :n_db], kth, k, db_lab_sorted, db_order)
+            pred = _knn_predict(dist[:, :n_db], kth, k, db_lab_sorted, db_order, self_cols)
         return c0, c1, groups, pred
 
     yield from _pipelined(process, len(starts), workers)
 
 
-def _float_pass(qf, q_lab, q_order, dbf, db_lab, label_members, distance, k, chunk):
+def _float_pass(qf, q_lab, q_order, dbf, db_lab, label_members, distance, k, chunk, exclude_self=False):
     """Yield (c0, c1, tie groups, k-NN predictions) per chunk of rows c0:c1 of ``q_order``.
 
     Per query chunk: distances by one matmul, an ascending sort of every row, and of the
@@ -722,6 +757,10 @@ def _float_pass(qf, q_lab, q_order, dbf, db_lab, label_members, distance, k, chu
             dist *= db_inv[None, :]
             dist *= -q_inv[:, None]
             dist += 0.0  # turn -0.0 into +0.0 so equal similarities compare and sort as equal
+        if exclude_self:
+            # Leave-one-out: the own item moves behind every finite distance, so it is the
+            # last relevant group of its row (dropped below) and never a k-NN candidate.
+            dist[np.arange(c1 - c0), q_order[c0:c1]] = np.inf
         sorted_all = np.sort(dist, axis=1)
         has_ties = np.any(sorted_all[:, 1:] == sorted_all[:, :-1], axis=1)
         parts = []
@@ -732,6 +771,8 @@ def _float_pass(qf, q_lab, q_order, dbf, db_lab, label_members, distance, k, chu
             rel_sorted = np.sort(dist[a:b][:, members], axis=1)
             for r in range(a, b):
                 before, size, rel_before, rel = _groups_from_sorted(sorted_all[r], rel_sorted[r - a], bool(has_ties[r]))
+                if exclude_self:
+                    before, size, rel_before, rel = before[:-1], size[:-1], rel_before[:-1], rel[:-1]
                 parts.append((np.full(before.size, r, dtype=np.int64), before, size, rel_before, rel))
         return c0, c1, _concat_groups(parts), _knn_predict(dist, sorted_all[:, k - 1], k, db_lab)
 

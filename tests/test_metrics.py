@@ -472,3 +472,57 @@ def test_histogram_backends_agree_with_float_path(monkeypatch, use_torch, bits, 
     assert rh.map_at == pytest.approx(rf.map_at, abs=1e-12)
     assert rh.precision_at == pytest.approx(rf.precision_at, abs=1e-12)
     assert rh.knn_accuracy == rf.knn_accuracy
+
+
+def naive_leave_one_out(dist_matrix, labels, map_ks, prec_ks, knn_k):
+    """Brute-force reference for exclude_self: query i ranks the set without item i."""
+    labels = list(labels)
+    rows = []
+    for i in range(len(labels)):
+        others = [j for j in range(len(labels)) if j != i]
+        dist = [dist_matrix[i][j] for j in others]
+        db_labels = [labels[j] for j in others]
+        rel = [int(l == labels[i]) for l in db_labels]
+        rows.append(naive_query_metrics(dist, rel, map_ks, prec_ks, knn_k, db_labels))
+    mean = lambda xs: sum(xs) / len(xs)  # noqa: E731
+    return {
+        "map": mean([r[0] for r in rows]),
+        "map_optimistic": mean([r[1] for r in rows]),
+        "map_pessimistic": mean([r[2] for r in rows]),
+        "map_at": {K: mean([r[3][K] for r in rows]) for K in map_ks},
+        "precision_at": {K: mean([r[4][K] for r in rows]) for K in prec_ks},
+        "knn_accuracy": mean([float(r[5] == labels[i]) for i, r in enumerate(rows)]),
+    }
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    bits=st.integers(1, 4),
+    n=st.integers(2, 7),
+    seed=st.integers(0, 2**32 - 1),
+    knn_k=st.integers(1, 7),
+    chunk=st.sampled_from([None, 1, 2]),
+)
+def test_property_exclude_self_equals_leave_one_out_bruteforce(bits, n, seed, knn_k, chunk):
+    rng = np.random.default_rng(seed)
+    b = rng.integers(0, 2, (n, bits))
+    lab = rng.integers(0, 3, n)
+    kw = dict(map_at=(1, 3), precision_at=(1, 3), knn_k=knn_k, chunk_size=chunk, exclude_self=True)
+    ref = naive_leave_one_out(naive_hamming(b, b), lab, (1, 3), (1, 3), knn_k)
+    codes = pack_codes(b)
+    res = evaluate_retrieval(codes, lab, codes, lab, distance="hamming", bits=bits, **kw)
+    assert_matches(res, ref)
+    assert res.database == n and res.knn_k == min(knn_k, n - 1)
+    assert res.queries_without_relevant == sum(1 for l in lab.tolist() if lab.tolist().count(l) == 1)
+    feats = (2.0 * b - 1).astype(np.float32)
+    assert_matches(evaluate_retrieval(feats, lab, feats, lab, distance="euclidean", **kw), ref)
+
+
+def test_exclude_self_requires_the_same_set():
+    x = np.zeros((3, 2), dtype=np.float32)
+    with pytest.raises(DeephashError, match="exclude_self"):
+        evaluate_retrieval(x, [0, 1, 1], x[:2], [0, 1], distance="euclidean", exclude_self=True)
+    with pytest.raises(DeephashError, match="exclude_self"):
+        evaluate_retrieval(x, [0, 1, 1], x, [0, 1, 0], distance="euclidean", exclude_self=True)
+    with pytest.raises(DeephashError, match="at least 2"):
+        evaluate_retrieval(x[:1], [0], x[:1], [0], distance="cosine", exclude_self=True)
