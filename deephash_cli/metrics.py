@@ -588,6 +588,11 @@ def evaluate_retrieval(
         dbf = np.asarray(db_arr, dtype=np.float32)
         if not (np.isfinite(qf).all() and np.isfinite(dbf).all()):
             raise DeephashError("features contain NaN or infinite values.")
+        # Squared norms (and so the float32 distances) must not overflow to inf, or
+        # inf - inf = NaN would silently corrupt the ranking.
+        largest = max(float(np.einsum("ij,ij->i", a, a, dtype=np.float64).max()) for a in (qf, dbf))
+        if 4.0 * largest > float(np.finfo(np.float32).max) / 4.0:
+            raise DeephashError("features are too large for float32 distances (squared norm above ~2e37); rescale them.")
         # ~8M pairs: distances + sorted copy (float32) + mask ~ 80 MB per chunk.
         chunk = chunk_size or _default_chunk(n_db, 1 << 23)
         # Relevant items of a query are the database items with its label: index lists per label.

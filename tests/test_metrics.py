@@ -526,3 +526,9 @@ def test_exclude_self_requires_the_same_set():
         evaluate_retrieval(x, [0, 1, 1], x, [0, 1, 0], distance="euclidean", exclude_self=True)
     with pytest.raises(DeephashError, match="at least 2"):
         evaluate_retrieval(x[:1], [0], x[:1], [0], distance="cosine", exclude_self=True)
+
+
+def test_huge_features_are_rejected_instead_of_producing_nan():
+    x = np.full((2, 4), 1e19, dtype=np.float32)
+    with pytest.raises(DeephashError, match="too large"):
+        evaluate_retrieval(x, [0, 1], x, [0, 1], distance="euclidean")
