@@ -121,7 +121,8 @@ def _harmonic_table() -> np.ndarray:
     return np.cumsum(inv).astype(np.float64)
 
 
-_H_TABLE = _harmonic_table()  # read-only constant
+_H_TABLE = _harmonic_table()
+_H_TABLE.flags.writeable = False  # a constant, never state
 
 
 def _harmonic_asym(xf: np.ndarray) -> np.ndarray:
@@ -206,7 +207,7 @@ class RetrievalResult:
 
 @dataclass
 class _PerQuery:
-    """Per-query metric values (float64 arrays of length Q, in the caller's query order)."""
+    """Per-query metric values of one chunk (float64 arrays, one entry per chunk row)."""
 
     ap: np.ndarray
     ap_opt: np.ndarray
