@@ -81,7 +81,7 @@ def make_optimizer(parameters, options: TrainOptions) -> torch.optim.Optimizer:
 
 def _check_finite(value: torch.Tensor, epoch: int, step: int) -> None:
     if not torch.isfinite(value):
-        raise DeephashError(f"training diverged: loss is {float(value)} at epoch {epoch}, step {step} "
+        raise DeephashError(f"training diverged: loss is {float(value.detach())} at epoch {epoch}, step {step} "
                             f"(lower --lr, or check the features); no model was written")
 
 
