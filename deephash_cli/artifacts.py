@@ -121,6 +121,36 @@ def library_versions() -> dict[str, str]:
     return versions
 
 
+# Files that stand for a stream: a stdin spool is recorded as "-" in its children's provenance.
+_DISPLAY_NAMES: dict[str, str] = {}
+
+
+def set_display_name(path: str | os.PathLike[str], name: str | None) -> None:
+    """Record (or with ``None`` forget) the name a local file stands for, e.g. ``-`` for a stdin spool."""
+    key = os.path.abspath(path)
+    if name is None:
+        _DISPLAY_NAMES.pop(key, None)
+    else:
+        _DISPLAY_NAMES[key] = name
+
+
+def display_name(path: str | os.PathLike[str]) -> str:
+    """The name to show and record for ``path``: ``-`` for a stream registered by the CLI, else the path."""
+    return _DISPLAY_NAMES.get(os.path.abspath(path), str(path))
+
+
+def parent_reference(parent: str | os.PathLike[str], child: str | os.PathLike[str]) -> str:
+    """How a child records its parent: ``-`` for stdin, absolute paths unchanged, relative paths relative to
+    the child's folder (absolute when the child itself is streamed to stdout, as its folder is unknown)."""
+    if os.path.abspath(parent) in _DISPLAY_NAMES:
+        return _DISPLAY_NAMES[os.path.abspath(parent)]
+    if os.path.isabs(parent):
+        return str(parent)
+    if os.path.abspath(child) in _DISPLAY_NAMES:
+        return os.path.abspath(parent)
+    return os.path.relpath(os.path.abspath(parent), os.path.dirname(os.path.abspath(child)))
+
+
 def command_line() -> str:
     """The command line of this process, shell-quoted, with the program name shortened."""
     argv = list(sys.argv)
@@ -201,7 +231,7 @@ class ArtifactWriter:
         attrs["config"] = json.dumps(self.config, sort_keys=True, default=str)
         attrs["versions"] = json.dumps(library_versions(), sort_keys=True)
         if self.parent is not None:
-            attrs["parent"] = str(self.parent)
+            attrs["parent"] = parent_reference(self.parent, self.path)
             attrs["parent_sha256"] = sha256_file(self.parent)
         if self.class_names is not None:
             self.file.create_dataset("class_names", data=np.array(self.class_names, dtype=h5py.string_dtype()))
@@ -456,3 +486,36 @@ def _read_split(group: h5py.Group, where: str, kind: str, n_classes: int) -> Spl
                                 f"(first at row {bad_rows[0]})")
         return Split(labels=labels, index=index, features=features)
     raise DeephashError(f"{where}: a {kind} artifact has no splits")
+
+
+def read_summary(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Describe an artifact without loading its arrays: the validated header (``read_header``) plus
+    ``class_names``, ``splits`` ({name: {rows, shape, dtype, bits}}), ``history`` (rows) and ``model``
+    (architecture, parameter count). Cheap on large files; used by ``info`` and ``report``."""
+    path = str(path)
+    with open_checked(path) as handle:
+        header = _check_header(handle, path)
+        summary: dict[str, Any] = {"header": header, "class_names": [], "splits": {}, "history": [], "model": None}
+        if "class_names" in handle:
+            summary["class_names"] = [_decode(x) for x in handle["class_names"][()]]
+        for name in SPLITS:
+            if name not in handle:
+                continue
+            group = handle[name]
+            data_name = "codes" if "codes" in group else "features" if "features" in group else None
+            if data_name is None or "labels" not in group:
+                raise DeephashError(f"{path}:/{name}: expected datasets 'labels' and 'features' or 'codes', found "
+                                    f"{', '.join(group) or 'nothing'}")
+            dataset = group[data_name]
+            summary["splits"][name] = {
+                "rows": int(dataset.shape[0]) if dataset.shape else 0, "data": data_name,
+                "shape": list(dataset.shape), "dtype": str(dataset.dtype),
+                "bits": int(dataset.attrs["bits"]) if "bits" in dataset.attrs else None}
+        if "history" in handle:
+            summary["history"] = _json_attr(handle["history"].attrs, "rows", [])
+        if "model" in handle:
+            group = handle["model"]
+            parameters = group["parameters"] if "parameters" in group else {}
+            summary["model"] = {"architecture": _json_attr(group.attrs, "architecture", {}),
+                                "parameters": int(sum(int(np.prod(parameters[k].shape)) for k in parameters))}
+    return summary

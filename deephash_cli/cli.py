@@ -83,6 +83,25 @@ def _default_output(stem: str) -> Path:
     return folder / stem
 
 
+def _streams():
+    """A ``streams.StreamSession``: '-' inputs are read from stdin, '-o -' streams the output to stdout."""
+    from deephash_cli.streams import StreamSession
+
+    return StreamSession()
+
+
+def _emit(io, path: Path, extra: Optional[Path] = None) -> None:
+    """Stream the '-' output (``path`` or ``extra``) to stdout, else print ``path`` (stdout stays a clean pipe)."""
+    if extra is not None and io.publish(extra):
+        return
+    if not io.publish(path):
+        typer.echo(str(path))
+
+
+STREAM_HELP = " '-' reads it from stdin (e.g. piped from another command's -o -)."
+OUT_STREAM_HELP = " '-' streams it to stdout."
+
+
 def _parse_metrics(text: str) -> tuple[list[int], list[int], bool, bool]:
     """'map,map@1000,precision@100,knn' -> (map_at Ks, precision_at Ks, want map, want knn)."""
     map_at, precision_at, want_map, want_knn = [], [], False, False
@@ -139,19 +158,20 @@ def extract(
     skip_corrupt: bool = typer.Option(False, help="Leave out images that fail to decode (warned and counted in "
                                       "the artifact) instead of failing with the file's path."),
     output: Optional[Path] = typer.Option(None, "-o", "--output", help="Output features artifact. Default: "
-                                          "artifacts/<dataset>-<backbone>.h5"),
+                                          "artifacts/<dataset>-<backbone>.h5." + OUT_STREAM_HELP),
     force: bool = typer.Option(False, help="Overwrite an existing output."),
 ) -> None:
     """Extract features of every split with a pretrained CNN (layer before the classifier) into HDF5."""
     from deephash_cli import stages
 
-    out = output or _default_output(f"{dataset}-{backbone}.h5")
-    path = stages.run_extract(
-        out, dataset=dataset, data_dir=data_dir, backbone=backbone, weights=weights, image_size=image_size,
-        mean=mean, std=std, batch_size=batch_size, device=device, workers=workers,
-        limit_per_class=limit_per_class, test_fraction=test_fraction, seed=seed, skip_corrupt=skip_corrupt,
-        force=force)
-    typer.echo(str(path))
+    with _streams() as io:
+        out = io.output(output, lambda: _default_output(f"{dataset}-{backbone}.h5"))
+        path = stages.run_extract(
+            out, dataset=dataset, data_dir=data_dir, backbone=backbone, weights=weights, image_size=image_size,
+            mean=mean, std=std, batch_size=batch_size, device=device, workers=workers,
+            limit_per_class=limit_per_class, test_fraction=test_fraction, seed=seed, skip_corrupt=skip_corrupt,
+            force=force)
+        _emit(io, path)
 
 
 # --------------------------------------------------------------------------- evaluate
@@ -159,7 +179,7 @@ def extract(
 
 @command("evaluate")
 def evaluate(
-    file: Path = typer.Argument(..., help="A features, embeddings or codes artifact."),
+    file: Path = typer.Argument(..., help="A features, embeddings or codes artifact." + STREAM_HELP),
     metric: str = typer.Option("map,precision@100,knn", "--metric", "-m", help="Comma-separated: map (mAP over "
                                "the whole database), map@K, precision@K, knn."),
     k: int = typer.Option(10, "--k", help="Neighbours in the kNN vote."),
@@ -176,6 +196,9 @@ def evaluate(
     queries_per_class: int = typer.Option(100, help="Queries per class (protocol pooled)."),
     seed: int = typer.Option(0, help="Seed of the pooled protocol's query draw."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object on stdout instead of a table."),
+    record: bool = typer.Option(False, "--record", help="Also store the result in <FILE>.evals.json next to the "
+                                "artifact (the artifact itself is not modified), for `deephash report` and "
+                                "`deephash info`; re-recording the same setting replaces it."),
 ) -> None:
     """Retrieval quality of an artifact: mAP, mAP@K, precision@K and kNN accuracy, one methodology for all."""
     from deephash_cli import stages
@@ -183,9 +206,11 @@ def evaluate(
     map_at, precision_at, _, _ = _parse_metrics(metric)
     if ties not in ("expected", "optimistic", "pessimistic"):
         raise DeephashError(f"unknown --ties '{ties}'; valid names: expected, optimistic, pessimistic")
-    result = stages.run_evaluate(file, map_at=map_at, precision_at=precision_at, knn_k=k, distance=distance,
-                                   protocol=protocol, query_split=query_split, database_split=database_split,
-                                   queries_per_class=queries_per_class, seed=seed, ties=ties)
+    with _streams() as io:
+        result = stages.run_evaluate(io.input(file), map_at=map_at, precision_at=precision_at, knn_k=k,
+                                     distance=distance, protocol=protocol, query_split=query_split,
+                                     database_split=database_split, queries_per_class=queries_per_class, seed=seed,
+                                     ties=ties, record=record)
     if as_json:
         typer.echo(json.dumps(result, indent=2))
     else:
@@ -201,8 +226,9 @@ def evaluate(
 
 @command("plot-tsne")
 def plot_tsne(
-    file: Path = typer.Argument(..., help="A features, embeddings or codes artifact."),
-    output: Path = typer.Option(..., "-o", "--output", help="Output PNG."),
+    file: Path = typer.Argument(..., help="A features, embeddings or codes artifact." + STREAM_HELP),
+    output: Optional[Path] = typer.Option(None, "-o", "--output", help="Output PNG. Default: "
+                                          "artifacts/<input>.tsne-<split>.png." + OUT_STREAM_HELP),
     split: str = typer.Option("test", help="Split to plot."),
     max_points: int = typer.Option(5000, help="Stratified subsample size (keeps class proportions)."),
     perplexity: float = typer.Option(30.0, help="t-SNE perplexity."),
@@ -213,8 +239,11 @@ def plot_tsne(
     """t-SNE scatter of one split, coloured by class (codes are plotted as ±1 vectors)."""
     from deephash_cli import stages
 
-    typer.echo(str(stages.run_plot_tsne(file, output, split=split, max_points=max_points, perplexity=perplexity,
-                                          seed=seed, title=title, force=force)))
+    with _streams() as io:
+        source = io.input(file)
+        out = io.output(output, lambda: _default_output(f"{io.stem(file)}.tsne-{split}.png"), suffix=".png")
+        _emit(io, stages.run_plot_tsne(source, out, split=split, max_points=max_points, perplexity=perplexity,
+                                       seed=seed, title=title, force=force))
 
 
 # --------------------------------------------------------------------------- training options (shared)
@@ -250,10 +279,11 @@ DEVICE = typer.Option("auto", help="auto (CUDA when present), cpu or cuda.")
 
 @command("train-triplet")
 def train_triplet(
-    features: Path = typer.Argument(..., help="A features (or embeddings) artifact."),
+    features: Path = typer.Argument(..., help="A features (or embeddings) artifact." + STREAM_HELP),
     output: Optional[Path] = typer.Option(None, "-o", "--output", help="Output embeddings artifact (all splits). "
-                                          "Default: artifacts/<input>.triplet-<loss>.h5"),
-    save_model: Optional[Path] = typer.Option(None, help="Also save the trained network as a model artifact."),
+                                          "Default: artifacts/<input>.triplet-<loss>.h5." + OUT_STREAM_HELP),
+    save_model: Optional[Path] = typer.Option(None, help="Also save the trained network as a model artifact."
+                                              + OUT_STREAM_HELP),
     loss: str = typer.Option("facenet", help="facenet (Schroff 2015, squared distances on the unit sphere), hoffer "
                              "(Hoffer & Ailon 2015, softmax of distances, no margin) or contrastive (Hadsell 2006)."),
     margin: str = typer.Option("0.05,0.1,0.2,0.5,1.0", help="Margins to try, comma-separated; one model per "
@@ -280,26 +310,29 @@ def train_triplet(
     from deephash_cli.backbones import resolve_device
     from deephash_cli.train_stages import run_train_triplet
 
-    out = output or _default_output(f"{features.stem}.triplet-{loss}.h5")
     options = _train_options(epochs, batch_size, lr, optimizer, weight_decay, seed, early_stopping, miner,
                              classes_per_batch, samples_per_class)
-    summary = run_train_triplet(features, out, save_model_path=save_model, head=head, dim=dim, hidden=hidden,
-                                loss=loss, margins=margin, val_fraction=val_fraction, options=options,
-                                device=resolve_device(device), force=force)
-    from deephash_cli.ui import stderr_console
+    with _streams() as io:
+        source = io.input(features)
+        out = io.output(output, lambda: _default_output(f"{io.stem(features)}.triplet-{loss}.h5"))
+        model_out = io.output(save_model, lambda: None)
+        summary = run_train_triplet(source, out, save_model_path=model_out, head=head, dim=dim, hidden=hidden,
+                                    loss=loss, margins=margin, val_fraction=val_fraction, options=options,
+                                    device=resolve_device(device), force=force)
+        from deephash_cli.ui import stderr_console
 
-    for run in summary["margin_search"]:
-        stderr_console().print(f"margin {run['margin']}: best val mAP {run['val_map']:.4f} at epoch "
-                               f"{run['best_epoch']} ({run['seconds_per_epoch']:.2f} s/epoch)")
-    stderr_console().print(f"chosen margin: {summary['chosen_margin']} (val mAP {summary['best_val_map']:.4f})")
-    typer.echo(str(out))
+        for run in summary["margin_search"]:
+            stderr_console().print(f"margin {run['margin']}: best val mAP {run['val_map']:.4f} at epoch "
+                                   f"{run['best_epoch']} ({run['seconds_per_epoch']:.2f} s/epoch)")
+        stderr_console().print(f"chosen margin: {summary['chosen_margin']} (val mAP {summary['best_val_map']:.4f})")
+        _emit(io, out, model_out)
 
 
 @command("train-hash")
 def train_hash(
-    features: Path = typer.Argument(..., help="A features (or embeddings) artifact."),
+    features: Path = typer.Argument(..., help="A features (or embeddings) artifact." + STREAM_HELP),
     output: Optional[Path] = typer.Option(None, "-o", "--output", help="Output model artifact. Default: "
-                                          "artifacts/<input>.hash-<method>-<bits>.model.h5"),
+                                          "artifacts/<input>.hash-<method>-<bits>.model.h5." + OUT_STREAM_HELP),
     bits: int = typer.Option(48, help="Code length in bits (8..256)."),
     method: str = typer.Option("dtsh", help="dtsh (Wang, Shi & Kitani 2016: triplet-label likelihood on ½uᵀv, "
                                "margin α, + λ‖b−u‖²) or triplet-ranking (Lai et al. 2015: hinge on tanh outputs, "
@@ -332,25 +365,30 @@ def train_hash(
     from deephash_cli.train_stages import run_train_hash
     from deephash_cli.ui import stderr_console
 
-    out = output or _default_output(f"{features.stem}.hash-{method}-{bits}.model.h5")
     options = _train_options(epochs, batch_size, lr, optimizer, weight_decay, seed, early_stopping, miner,
                              classes_per_batch, samples_per_class)
     hash_options = HashOptions(alpha=alpha, lam=lam, lam_warmup=lam_warmup, alpha_ramp=alpha_ramp,
                                margin=ranking_margin)
-    summary = run_train_hash(features, out, bits=bits, method=method, hash_options=hash_options, head=head,
-                             hidden=hidden, val_fraction=val_fraction, options=options,
-                             device=resolve_device(device), force=force)
-    stderr_console().print(f"best val mAP {summary['best_val_map']:.4f} at epoch {summary['best_epoch']} "
-                           f"({summary['seconds_per_epoch']:.2f} s/epoch)")
-    typer.echo(str(out))
+    with _streams() as io:
+        source = io.input(features)
+        out = io.output(output, lambda: _default_output(f"{io.stem(features)}.hash-{method}-{bits}.model.h5"))
+        summary = run_train_hash(source, out, bits=bits, method=method, hash_options=hash_options, head=head,
+                                 hidden=hidden, val_fraction=val_fraction, options=options,
+                                 device=resolve_device(device), force=force)
+        stderr_console().print(f"best val mAP {summary['best_val_map']:.4f} at epoch {summary['best_epoch']} "
+                               f"({summary['seconds_per_epoch']:.2f} s/epoch)")
+        _emit(io, out)
 
 
 @command("encode")
 def encode(
-    features: Path = typer.Argument(..., help="A features artifact (the same backbone the model was trained on)."),
-    model: Path = typer.Option(..., "--model", help="A model artifact from train-hash or train-triplet."),
+    features: Path = typer.Argument(..., help="A features artifact (the same backbone the model was trained on)."
+                                    + STREAM_HELP),
+    model: Path = typer.Option(..., "--model", help="A model artifact from train-hash or train-triplet."
+                               + STREAM_HELP),
     output: Optional[Path] = typer.Option(None, "-o", "--output", help="Output codes (or embeddings) artifact. "
-                                          "Default: artifacts/<model>.codes.h5"),
+                                          "Default: artifacts/<model>.codes.h5 (.relaxed.h5 with --relaxed), "
+                                          "<model> without .model.h5." + OUT_STREAM_HELP),
     relaxed: bool = typer.Option(False, help="Write a hash model's real-valued outputs (embeddings) instead of "
                                  "the binary codes."),
     device: str = DEVICE,
@@ -361,9 +399,12 @@ def encode(
     from deephash_cli.train_stages import run_encode
 
     suffix = "relaxed" if relaxed else "codes"
-    out = output or _default_output(f"{model.name.removesuffix('.h5').removesuffix('.model')}.{suffix}.h5")
-    run_encode(features, model, out, relaxed=relaxed, device=resolve_device(device), force=force)
-    typer.echo(str(out))
+    with _streams() as io:
+        source, model_source = io.input(features), io.input(model)
+        out = io.output(output, lambda: _default_output(
+            f"{io.name(model).removesuffix('.h5').removesuffix('.model')}.{suffix}.h5"))
+        run_encode(source, model_source, out, relaxed=relaxed, device=resolve_device(device), force=force)
+        _emit(io, out)
 
 
 def main() -> None:

@@ -74,11 +74,19 @@ def run_extract(output: Path, *, dataset: str, data_dir: str | None, backbone: s
 
 def run_evaluate(file: Path, *, map_at: list[int], precision_at: list[int], knn_k: int, distance: str | None,
                  protocol: str, query_split: str, database_split: str, queries_per_class: int, seed: int,
-                 ties: str = "expected") -> dict[str, Any]:
-    """Evaluate retrieval on an artifact; returns the JSON-able result (see docs/evaluation.md)."""
+                 ties: str = "expected", record: bool = False) -> dict[str, Any]:
+    """Evaluate retrieval on an artifact; returns the JSON-able result (see docs/evaluation.md).
+
+    The result's ``setting`` names what was evaluated (protocol, distance, selection, metrics). With
+    ``record`` it is also stored in the artifact's ``.evals.json`` sidecar (``records.add_record``,
+    replacing an earlier record of the same setting) and ``recorded_to`` names that file.
+    """
     from deephash_cli.metrics import evaluate_retrieval
     from deephash_cli.protocols import select
 
+    if record and artifacts.display_name(file) == "-":
+        raise DeephashError("--record stores the result next to the artifact file; stdin has no file (save the "
+                            "artifact first)")
     artifact = artifacts.read_artifact(file, expect_kinds=("features", "embeddings", "codes"))
     is_codes = artifact.kind == "codes"
     if is_codes:
@@ -101,9 +109,22 @@ def run_evaluate(file: Path, *, map_at: list[int], precision_at: list[int], knn_
     summary["map_expected"] = summary["map"]
     summary["map"] = {"expected": result.map, "optimistic": result.map_optimistic,
                       "pessimistic": result.map_pessimistic}[ties]
-    summary.update({"ties": ties, "file": str(file), "kind": artifact.kind, "bits": bits,
+    summary.update({"ties": ties, "file": artifacts.display_name(file), "kind": artifact.kind, "bits": bits,
                     "protocol": protocol, "selection": chosen.description, "seconds": round(seconds, 3),
                     "config": artifact.config})
+    summary["setting"] = {"protocol": protocol, "distance": distance, "query_split": query_split,
+                          "database_split": database_split if protocol == "splits" else None,
+                          "queries_per_class": queries_per_class if protocol == "pooled" else None,
+                          "seed": seed if protocol == "pooled" else None,
+                          "metrics": {"map_at": sorted(set(map_at)), "precision_at": sorted(set(precision_at))},
+                          "knn_k": knn_k, "ties": ties}
+    if record:
+        from deephash_cli import records
+
+        entry = {key: value for key, value in summary.items() if key != "config"}
+        entry.update({"artifact_sha256": artifacts.sha256_file(file), "command": artifacts.command_line(),
+                      "recorded": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
+        summary["recorded_to"] = str(records.add_record(file, entry))
     return summary
 
 
@@ -130,7 +151,8 @@ def run_plot_tsne(file: Path, output: Path, *, split: str, max_points: int, perp
     stderr_console().print(f"t-SNE of {len(rows)} points ({points.shape[1]}-d) ...")
     embedded = tsne_2d(points, perplexity=perplexity, seed=seed)
     config = artifact.config
-    default_title = (f"{Path(file).name}: {split}, {len(rows)} points"
+    shown = artifacts.display_name(file)
+    default_title = (f"{'stdin' if shown == '-' else Path(shown).name}: {split}, {len(rows)} points"
                      + (f" ({config.get('dataset')}, {config.get('backbone')})" if config.get("backbone") else ""))
     figure = scatter_by_class(embedded, data.labels[rows], artifact.class_names, title or default_title)
     return save_figure(figure, output, force=force)

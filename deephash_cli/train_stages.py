@@ -291,7 +291,8 @@ def run_encode(features_path: Path, model_path: Path, output: Path, *, relaxed: 
         kind, encode = "codes", binarize
     else:
         kind, encode = "embeddings", (lambda out: (out.cpu().numpy(), None))
-    config = {"stage": "encode", "model": str(model_path), "model_sha256": artifacts.sha256_file(model_path),
+    config = {"stage": "encode", "model": artifacts.parent_reference(model_path, output),
+              "model_sha256": artifacts.sha256_file(model_path),
               "relaxed": relaxed, "produces": kind, "method": architecture.get("method"),
               "loss": architecture.get("loss"), "bits": architecture.get("bits"), "input": found,
               "source": data_artifact.config, "model_config": artifacts.read_header(model_path)["config"]}
