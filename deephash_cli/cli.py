@@ -407,6 +407,45 @@ def encode(
         _emit(io, out)
 
 
+# --------------------------------------------------------------------------- info / report
+
+
+@command("info")
+def info(
+    file: Path = typer.Argument(..., help="Any deephash artifact." + STREAM_HELP),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of the text view."),
+) -> None:
+    """What an artifact holds and how it was made: kind, splits, classes, key config, recorded evaluations and
+    the provenance chain back to the dataset (each parent's SHA-256 checked: ok, changed or missing).
+
+    Unlike the other commands, info's text view is its product, so it goes to stdout (not stderr).
+    """
+    from deephash_cli.info import describe, render
+
+    with _streams() as io:
+        details = describe(io.input(file))
+    typer.echo(json.dumps(details, indent=2, default=str) if as_json else render(details))
+
+
+@command("report")
+def report(
+    folder: Path = typer.Argument(..., help="Folder of artifacts (*.h5) and their <artifact>.evals.json records."),
+    output: Optional[Path] = typer.Option(None, "-o", "--output", help="Output markdown file. Default: "
+                                          "<FOLDER>/report.md. Figures go next to it as <stem>.map-vs-bits.png, "
+                                          "<stem>.miner-convergence.png and <stem>.tsne-grid.png."),
+    recursive: bool = typer.Option(False, "--recursive", help="Also scan subfolders."),
+    force: bool = typer.Option(False, help="Overwrite an existing report and figures."),
+) -> None:
+    """One markdown table of every artifact in a folder with its recorded evaluations (mAP, kNN, P@100), cost
+    and producing command, plus mAP-vs-bits, miner-convergence and t-SNE figures. Nothing is recomputed."""
+    from deephash_cli.report import build_report
+
+    result = build_report(folder, output or folder / "report.md", recursive=recursive, force=force)
+    for skipped in result["skipped"]:
+        typer.echo(f"warning: skipped {skipped['file']}: {skipped['reason']}", err=True)
+    typer.echo(result["report"])
+
+
 def main() -> None:
     """Console-script entry point."""
     app()

@@ -52,11 +52,20 @@ def add_record(artifact: str | os.PathLike[str], result: Mapping[str, Any]) -> P
     records = [r for r in read_records(artifact) if r.get("setting") != dict(setting)]
     records.append(dict(result))
     path = sidecar_path(artifact)
+    write_text_atomic(path, json.dumps(records, indent=2, sort_keys=True, default=float) + "\n", force=True)
+    return path
+
+
+def write_text_atomic(path: str | os.PathLike[str], text: str, *, force: bool = False) -> Path:
+    """Write ``text`` to ``path`` via a temp file in the same folder and a rename; an existing file needs
+    ``force``."""
+    path = Path(path)
+    if path.exists() and not force:
+        raise DeephashError(f"{path} exists; pass --force to overwrite it")
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        with os.fdopen(fd, "w") as handle:
-            json.dump(records, handle, indent=2, sort_keys=True, default=float)
-            handle.write("\n")
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
         make_public(tmp)
         os.replace(tmp, path)
     finally:
