@@ -100,14 +100,21 @@ def test_evaluate_and_info_read_stdin(runner, features_file):
 
 
 def test_plot_tsne_streams_png_and_has_a_default_output(runner, tmp_path, features_file, monkeypatch):
-    result = invoke(runner, "plot-tsne", features_file, "-o", "-", "--max-points", "40", "--perplexity", "5")
+    import sklearn.manifold  # noqa: F401 - load its OpenMP runtime so the limit below reaches it
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(1):  # t-SNE's OpenMP threads crawl on a busy machine
+        result = invoke(runner, "plot-tsne", features_file, "-o", "-", "--max-points", "40", "--perplexity", "5")
     assert result.exit_code == 0, result.stderr
     assert result.stdout_bytes.startswith(PNG_SIGNATURE)
+    # The derived default, refused before any work when it exists.
     monkeypatch.chdir(tmp_path)
-    result = invoke(runner, "plot-tsne", features_file, "--max-points", "40", "--perplexity", "5")
-    assert result.exit_code == 0, result.stderr
-    assert result.stdout.strip() == os.path.join("artifacts", "features.tsne-test.png")
-    assert (tmp_path / "artifacts" / "features.tsne-test.png").read_bytes().startswith(PNG_SIGNATURE)
+    (tmp_path / "artifacts").mkdir()
+    (tmp_path / "artifacts" / "features.tsne-val.png").write_bytes(b"old")
+    result = invoke(runner, "plot-tsne", features_file, "--split", "val")
+    assert result.exit_code == 2
+    assert result.stderr == f"error: {os.path.join('artifacts', 'features.tsne-val.png')} exists; pass --force to " \
+                            f"overwrite it\n"
 
 
 def test_default_output_for_stdin_is_named_after_its_hash_and_never_overwritten(runner, tmp_path, features_file,

@@ -1,0 +1,208 @@
+"""`deephash info`, `evaluate --record` and `deephash report`: provenance checks, sidecars, the markdown table."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+
+import numpy as np
+import pytest
+
+from deephash_cli.artifacts import read_artifact, sha256_file
+from deephash_cli.records import read_records, sidecar_path
+from tests.conftest import invoke, write_features
+
+FAST = ["--epochs", "2", "--hidden", "16", "--device", "cpu"]
+MINED = ["--miner", "semihard", "--classes-per-batch", "4", "--samples-per-class", "5"]
+
+
+def _chain(runner, folder):
+    """features -> embeddings (semihard miner) -> hash model -> codes, all in ``folder``."""
+    features = write_features(folder / "f.h5")
+    emb, model, codes = folder / "emb.h5", folder / "h.model.h5", folder / "codes.h5"
+    assert invoke(runner, "train-triplet", features, "-o", emb, "--margin", "0.2", "--dim", "8", *MINED,
+                  *FAST).exit_code == 0
+    assert invoke(runner, "train-hash", features, "-o", model, "--bits", "8", *FAST).exit_code == 0
+    assert invoke(runner, "encode", features, "--model", model, "-o", codes).exit_code == 0
+    return features, emb, model, codes
+
+
+# --------------------------------------------------------------------------- info
+
+
+def test_info_json_describes_codes_and_checks_the_chain(runner, tmp_path):
+    features, _, model, codes = _chain(runner, tmp_path)
+    result = invoke(runner, "info", codes, "--json")
+    assert result.exit_code == 0, result.output
+    info = json.loads(result.stdout)
+    assert (info["kind"], info["format_version"]) == ("codes", 1)
+    assert info["splits"]["test"] == {"rows": 40, "data": "codes", "shape": [40, 1], "dtype": "uint8", "bits": 8}
+    assert info["splits"]["train"]["rows"] + info["splits"]["val"]["rows"] == 160
+    assert info["class_names"] == ["class0", "class1", "class2", "class3"]
+    keys = info["key_config"]
+    assert (keys["stage"], keys["dataset"], keys["backbone"], keys["bits"]) == ("encode", "blobs", "synthetic", 8)
+    assert keys["method"] == "dtsh + random"
+    assert keys["best_val_map"] == read_artifact(model).config["best_val_map"]
+    assert info["sha256"] == sha256_file(codes)
+    parent, dataset = info["provenance"]
+    assert parent["status"] == "ok" and parent["reference"] == str(features) and parent["kind"] == "features"
+    assert parent["expected_sha256"] == parent["found_sha256"] == sha256_file(features)
+    assert dataset["dataset"] == "blobs" and dataset["backbone"] == "synthetic"
+    assert info["model_link"]["status"] == "ok"
+
+
+def test_info_text_goes_to_stdout_and_reports_changed_and_missing_parents(runner, tmp_path):
+    folder = tmp_path / "runs"
+    folder.mkdir()
+    features, emb, _, _ = _chain(runner, folder)
+    text = invoke(runner, "info", emb)
+    assert text.exit_code == 0 and text.stderr == ""
+    assert "embeddings artifact (format_version 1)" in text.stdout
+    assert re.search(r"parent\s+ok\s+\S*f\.h5\s+\(features, test\)", text.stdout)
+    assert "method         facenet + semihard" in text.stdout and "chosen_margin  0.2" in text.stdout
+    features.unlink()
+    write_features(features, seed=5)  # same path, other bytes
+    changed = json.loads(invoke(runner, "info", emb, "--json").stdout)
+    assert changed["provenance"][0]["status"] == "changed"
+    assert changed["provenance"][0]["found_sha256"] != changed["provenance"][0]["expected_sha256"]
+    features.unlink()
+    missing = invoke(runner, "info", emb)
+    assert missing.exit_code == 0 and re.search(r"parent\s+missing\s+\S*f\.h5", missing.stdout)
+
+
+def test_relative_parents_are_stored_relative_to_the_child_and_followed_from_anywhere(runner, tmp_path,
+                                                                                     monkeypatch):
+    (tmp_path / "work" / "out").mkdir(parents=True)
+    monkeypatch.chdir(tmp_path / "work")
+    write_features(tmp_path / "work" / "f.h5")
+    assert invoke(runner, "train-hash", "f.h5", "-o", "out/h.model.h5", "--bits", "8", *FAST).exit_code == 0
+    assert read_artifact("out/h.model.h5").attrs["parent"] == os.path.join("..", "f.h5")
+    monkeypatch.chdir(tmp_path)
+    info = json.loads(invoke(runner, "info", "work/out/h.model.h5", "--json").stdout)
+    assert info["provenance"][0]["status"] == "ok"
+    assert info["provenance"][0]["path"] == os.path.join("work", "f.h5")
+    assert info["model"]["out_dim"] == 8 and info["model"]["produces"] == "codes"
+
+
+def test_info_errors(runner, tmp_path):
+    result = invoke(runner, "info", tmp_path / "nope.h5")
+    assert result.exit_code == 2 and result.stderr == f"error: {tmp_path / 'nope.h5'}: no such file\n"
+    (tmp_path / "junk.h5").write_text("junk")
+    result = invoke(runner, "info", tmp_path / "junk.h5")
+    assert result.exit_code == 2 and "not an HDF5 file" in result.stderr
+
+
+# --------------------------------------------------------------------------- evaluate --record
+
+
+def test_record_writes_a_sidecar_and_leaves_the_artifact_untouched(runner, tmp_path, features_file):
+    before = sha256_file(features_file)
+    plain = json.loads(invoke(runner, "evaluate", features_file, "--json").stdout)
+    recorded = json.loads(invoke(runner, "evaluate", features_file, "--json", "--record").stdout)
+    assert sha256_file(features_file) == before
+    assert recorded["recorded_to"] == str(sidecar_path(features_file))
+    assert sidecar_path(features_file).name == "features.h5.evals.json"
+    (entry,) = read_records(features_file)
+    assert entry["map"] == pytest.approx(plain["map"]) and entry["knn_accuracy"] == plain["knn_accuracy"]
+    assert entry["precision_at"]["100"] == pytest.approx(plain["precision_at"]["100"])
+    assert entry["artifact_sha256"] == before and "config" not in entry
+    assert entry["setting"]["protocol"] == "splits" and entry["setting"]["distance"] == "euclidean"
+    assert entry["command"] and entry["recorded"].endswith("Z")
+    # Same setting again replaces; another distance adds.
+    invoke(runner, "evaluate", features_file, "--record")
+    assert len(read_records(features_file)) == 1
+    invoke(runner, "evaluate", features_file, "--record", "--distance", "cosine")
+    assert [r["setting"]["distance"] for r in read_records(features_file)] == ["euclidean", "cosine"]
+    info = json.loads(invoke(runner, "info", features_file, "--json").stdout)
+    assert [e["current"] for e in info["evaluations"]] == [True, True]
+
+
+def test_corrupt_sidecar_is_an_error_for_record(runner, features_file):
+    sidecar_path(features_file).write_text("{not json")
+    result = invoke(runner, "evaluate", features_file, "--record")
+    assert result.exit_code == 2 and "features.h5.evals.json: unreadable evaluation record" in result.stderr
+
+
+# --------------------------------------------------------------------------- report
+
+
+def test_report_table_commands_and_figures(runner, tmp_path):
+    features, emb, model, codes = _chain(runner, tmp_path)
+    results = {}
+    for path in (features, emb, codes):
+        results[path.name] = json.loads(invoke(runner, "evaluate", path, "--json", "--record").stdout)
+    import matplotlib.pyplot as plt
+
+    plt.imsave(tmp_path / "emb.tsne.png", np.random.default_rng(0).random((8, 8, 3)))
+    result = invoke(runner, "report", tmp_path)
+    assert result.exit_code == 0, result.output
+    assert result.stdout.strip() == str(tmp_path / "report.md") and result.stderr == ""
+    text = (tmp_path / "report.md").read_text()
+    rows = {line.split("|")[-2].strip(" `"): [c.strip() for c in line.split("|")[1:-1]]
+            for line in text.splitlines() if line.startswith("| ") and "`" in line}
+    assert set(rows) == {"f.h5", "emb.h5", "h.model.h5", "codes.h5"}
+    # columns: # dataset backbone stage method bits mAP kNN P@100 evaluation seconds file
+    for name, res in results.items():
+        row = rows[name]
+        assert row[6] == f"{res['map']:.4f}" and row[7] == f"{res['knn_accuracy']:.4f}"
+        assert row[8] == f"{res['precision_at']['100']:.4f}"
+        assert row[1:3] == ["blobs", "synthetic"]
+    assert rows["codes.h5"][3:6] == ["encode", "dtsh + random", "8"]
+    assert rows["emb.h5"][3:5] == ["train-triplet", "facenet + semihard"]
+    history = read_artifact(emb).history
+    assert rows["emb.h5"][10] == f"{np.mean([h['seconds'] for h in history]):.2f} s/epoch"
+    assert rows["h.model.h5"][6] == "—"
+    # Every figure's command: the producing command and the evaluation command.
+    assert f"`emb.h5` made by `{read_artifact(emb).attrs['command']}`" in text
+    assert f"evaluated by `{read_records(codes)[0]['command']}`" in text
+    for name in ("map-vs-bits", "miner-convergence", "tsne-grid"):
+        png = tmp_path / f"report.{name}.png"
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and f"]({png.name})" in text
+    # Never overwritten without --force.
+    again = invoke(runner, "report", tmp_path)
+    assert again.exit_code == 2 and again.stderr == f"error: {tmp_path / 'report.md'} exists; pass --force to " \
+                                                    f"overwrite it\n"
+    assert invoke(runner, "report", tmp_path, "--force").exit_code == 0
+
+
+def test_report_skips_a_corrupt_artifact_and_summarises_the_rest(runner, tmp_path):
+    good = write_features(tmp_path / "good.h5")
+    invoke(runner, "evaluate", good, "--record")
+    (tmp_path / "broken.h5").write_bytes(b"\x89HDF\r\n\x1a\n" + b"\0" * 40)  # HDF5 signature, garbage after
+    (tmp_path / "notes.h5").write_text("hello")
+    out = tmp_path / "summary.md"
+    result = invoke(runner, "report", tmp_path, "-o", out)
+    assert result.exit_code == 0, result.output
+    warnings = result.stderr.splitlines()
+    assert len(warnings) == 2 and all(line.startswith("warning: skipped ") for line in warnings)
+    text = out.read_text()
+    skipped = text.split("## Skipped")[1]
+    assert "`broken.h5`: unreadable HDF5 file" in skipped and "`notes.h5`: not an HDF5 file" in skipped
+    assert f"| {read_records(good)[0]['map']:.4f} |" in text and "`good.h5`" in text
+    assert not (tmp_path / "summary.map-vs-bits.png").exists()  # no codes recorded: no mAP-vs-bits figure
+
+
+def test_report_recursive_finds_subfolders(runner, tmp_path):
+    (tmp_path / "sub").mkdir()
+    write_features(tmp_path / "sub" / "f.h5")
+    result = invoke(runner, "report", tmp_path)
+    assert result.exit_code == 2
+    assert result.stderr == (f"error: {tmp_path}: no deephash artifacts (*.h5, *.hdf5) found (--recursive searches "
+                             f"subfolders)\n")
+    result = invoke(runner, "report", tmp_path, "--recursive")
+    assert result.exit_code == 0 and "`sub/f.h5`" in (tmp_path / "report.md").read_text()
+
+
+def test_report_errors(runner, tmp_path):
+    result = invoke(runner, "report", tmp_path / "absent")
+    assert result.exit_code == 2 and result.stderr == f"error: {tmp_path / 'absent'}: no such folder\n"
+    (tmp_path / "bad.h5").write_text("nope")
+    result = invoke(runner, "report", tmp_path)
+    assert result.exit_code == 2
+    assert result.stderr.startswith(f"error: {tmp_path}: no readable deephash artifacts (1 skipped: bad.h5: not an "
+                                    f"HDF5 file")
+    assert not (tmp_path / "report.md").exists()
+    write_features(tmp_path / "f.h5")
+    result = invoke(runner, "report", tmp_path, "-o", "-")
+    assert result.exit_code == 2 and "-o - is not supported" in result.stderr
