@@ -21,5 +21,5 @@ codes=$(dh encode "$features" --model "$model" -o "$out/digits.hash-dtsh-32.code
 dh evaluate "$codes" --metric map,precision@100,knn --record > /dev/null
 
 dh plot-tsne "$embeddings" -o "$out/digits.triplet-facenet.tsne.png" --force > /dev/null
-dh report "$out" -o "$out/report.md" > /dev/null
+dh report "$out" -o "$out/report.md" --force > /dev/null
 cat "$out/report.md"
