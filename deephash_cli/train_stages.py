@@ -39,6 +39,11 @@ class PreparedData:
     artifact: Artifact
     splits: dict[str, Split]
 
+    def tensors(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """train features (n, d), train labels (n,) and val features (m, d) as tensors on ``device``."""
+        train, val = self.splits["train"], self.splits["val"]
+        return as_tensor(train.features, device), as_tensor(train.labels, device), as_tensor(val.features, device)
+
 
 def prepare_splits(features_path: Path, val_fraction: float, seed: int) -> PreparedData:
     """Read a features/embeddings artifact and carve a stratified, seeded validation split from train.
@@ -88,8 +93,8 @@ def parse_margins(text: str) -> list[float]:
 
 def _progress_fit(label: str, model: torch.nn.Module, loss_fn: torch.nn.Module, train_x: torch.Tensor,
                   train_y: torch.Tensor, options: TrainOptions, validate: Callable[[torch.nn.Module], float],
-                  before_epoch=None) -> FitResult:
-    """``fit`` with a rich progress bar (items/s, loss, validation mAP) on stderr."""
+                  before_epoch=None, **hooks: Any) -> FitResult:
+    """``fit`` with a rich progress bar (items/s, loss, validation mAP) on stderr; ``hooks`` go to ``fit``."""
     console = stderr_console()
     with progress_bar(label, total=None, unit="items") as progress:
         last = {"loss": float("nan")}
@@ -103,7 +108,7 @@ def _progress_fit(label: str, model: torch.nn.Module, loss_fn: torch.nn.Module, 
                         f"val mAP {row['val_map']:.4f}, {row['seconds']:.1f} s")
 
         return fit(model, loss_fn, train_x, train_y, options, validate=validate, before_epoch=before_epoch,
-                   on_step=on_step, on_epoch=on_epoch, warn=warn)
+                   on_step=on_step, on_epoch=on_epoch, warn=warn, **hooks)
 
 
 def _write_outputs(model: Head, data: PreparedData, output: Path, *, kind: str, features_path: Path,
@@ -173,8 +178,7 @@ def run_train_triplet(features_path: Path, output: Path, *, save_model_path: Pat
         artifacts.check_output(save_model_path, force)
     data = prepare_splits(features_path, val_fraction, options.seed)
     train, val = data.splits["train"], data.splits["val"]
-    train_x, train_y = as_tensor(train.features, device), as_tensor(train.labels, device)
-    val_x = as_tensor(val.features, device)
+    train_x, train_y, val_x = data.tensors(device)
 
     def validate(model: torch.nn.Module) -> float:
         return validation_map(embed(model, val_x).cpu().numpy(), val.labels, distance="euclidean")
@@ -238,8 +242,7 @@ def run_train_hash(features_path: Path, output: Path, *, bits: int, method: str,
     artifacts.check_output(output, force)
     data = prepare_splits(features_path, val_fraction, options.seed)
     train, val = data.splits["train"], data.splits["val"]
-    train_x, train_y = as_tensor(train.features, device), as_tensor(train.labels, device)
-    val_x = as_tensor(val.features, device)
+    train_x, train_y, val_x = data.tensors(device)
 
     def validate(model: torch.nn.Module) -> float:
         codes, _ = binarize(embed(model, val_x))
