@@ -12,6 +12,7 @@ Layout (format_version 1; the public contract is documented in docs/format.md):
         features            (n, d) float32           (kinds features, embeddings)
         codes               (n, ceil(bits/8)) uint8  (kind codes), attr bits; numpy.packbits order
     /model                  (kind model) attrs: architecture (JSON); datasets: parameters/<name>
+    /checkpoint             optional (finetune): attr state (JSON); model/, optimizer/, rng/ datasets
     /history                optional (n_epochs,) compound table of training history
 
 Writes go to a temporary file in the target folder and are renamed into place only when
@@ -262,6 +263,15 @@ class ArtifactWriter:
         for name, value in parameters.items():
             params.create_dataset(name, data=np.asarray(value))
 
+    def write_checkpoint(self, state: Mapping[str, Any], arrays: Mapping[str, np.ndarray]) -> None:
+        """A training checkpoint under ``/checkpoint``: ``state`` as JSON (attribute ``state``) and each
+        array as a dataset named by its key ('/' in a key makes subgroups). No pickle."""
+        assert self.file is not None
+        group = self.file.require_group("checkpoint")
+        group.attrs["state"] = json.dumps(dict(state), sort_keys=True, default=str)
+        for name, value in arrays.items():
+            group.create_dataset(name, data=np.asarray(value))
+
     def write_history(self, rows: list[Mapping[str, Any]]) -> None:
         """Per-epoch training history as JSON (rows of floats/ints), plus one dataset per column."""
         assert self.file is not None
@@ -486,6 +496,24 @@ def _read_split(group: h5py.Group, where: str, kind: str, n_classes: int) -> Spl
                                 f"(first at row {bad_rows[0]})")
         return Split(labels=labels, index=index, features=features)
     raise DeephashError(f"{where}: a {kind} artifact has no splits")
+
+
+def read_checkpoint(path: str | os.PathLike[str]) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """The ``/checkpoint`` group of a model artifact: (state JSON, {dataset path: array}).
+
+    Kept out of ``read_artifact`` because checkpoints are large (model + optimizer state) and only
+    ``--resume`` needs them. A model artifact without a checkpoint is a DeephashError.
+    """
+    path = str(path)
+    with open_checked(path) as handle:
+        _check_header(handle, path)
+        if "checkpoint" not in handle:
+            raise DeephashError(f"{path}: holds no training checkpoint (only `deephash finetune` writes one)")
+        group = handle["checkpoint"]
+        arrays: dict[str, np.ndarray] = {}
+        group.visititems(lambda name, item: arrays.__setitem__(name, np.asarray(item[()]))
+                         if isinstance(item, h5py.Dataset) else None)
+        return _json_attr(group.attrs, "state", {}), arrays
 
 
 def read_summary(path: str | os.PathLike[str]) -> dict[str, Any]:

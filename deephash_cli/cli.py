@@ -158,19 +158,25 @@ def extract(
     skip_corrupt: bool = typer.Option(False, help="Leave out images that fail to decode (warned and counted in "
                                       "the artifact) instead of failing with the file's path."),
     output: Optional[Path] = typer.Option(None, "-o", "--output", help="Output features artifact. Default: "
-                                          "artifacts/<dataset>-<backbone>.h5." + OUT_STREAM_HELP),
+                                          "artifacts/<dataset>-<backbone>.h5 (with --model: "
+                                          "artifacts/<model>.<dataset>.h5)." + OUT_STREAM_HELP),
+    model: Optional[Path] = typer.Option(None, "--model", help="A `deephash finetune` model artifact: its backbone "
+                                         "+ head, image size and mean/std replace --backbone/--weights/--image-size/"
+                                         "--mean/--std; writes embeddings (hash models: packed binary codes)."),
     force: bool = typer.Option(False, help="Overwrite an existing output."),
 ) -> None:
     """Extract features of every split with a pretrained CNN (layer before the classifier) into HDF5."""
     from deephash_cli import stages
 
     with _streams() as io:
-        out = io.output(output, lambda: _default_output(f"{dataset}-{backbone}.h5"))
+        out = io.output(output, lambda: _default_output(
+            f"{io.name(model).removesuffix('.h5').removesuffix('.model')}.{dataset}.h5" if model is not None
+            else f"{dataset}-{backbone}.h5"))
         path = stages.run_extract(
             out, dataset=dataset, data_dir=data_dir, backbone=backbone, weights=weights, image_size=image_size,
             mean=mean, std=std, batch_size=batch_size, device=device, workers=workers,
             limit_per_class=limit_per_class, test_fraction=test_fraction, seed=seed, skip_corrupt=skip_corrupt,
-            force=force)
+            force=force, model_path=model)
         _emit(io, path)
 
 
@@ -405,6 +411,99 @@ def encode(
             f"{io.name(model).removesuffix('.h5').removesuffix('.model')}.{suffix}.h5"))
         run_encode(source, model_source, out, relaxed=relaxed, device=resolve_device(device), force=force)
         _emit(io, out)
+
+
+# --------------------------------------------------------------------------- finetune
+
+
+@command("finetune")
+def finetune(
+    objective: str = typer.Option("triplet", help="triplet: an embedding with --loss/--margin (as train-triplet); "
+                                  "hash: binary codes with --method/--bits (as train-hash)."),
+    output: Optional[Path] = typer.Option(None, "-o", "--output", help="Output model artifact (backbone + head, "
+                                          "rewritten with a checkpoint after every epoch). Default: "
+                                          "artifacts/<dataset>-<backbone>.finetune-<objective>.model.h5."),
+    dataset: str = typer.Option("digits", help="Dataset, as for extract: cifar10, imagefolder or digits."),
+    data_dir: Optional[str] = typer.Option(None, help="Dataset folder, as for extract."),
+    backbone: str = typer.Option("mobilenet_v2", help="CNN to fine-tune (any extract backbone except pixels)."),
+    weights: str = typer.Option("default", help="Initial backbone weights: 'default' (torchvision's), 'none' "
+                                "(random) or PATH to a state_dict of the full torchvision model."),
+    image_size: Optional[int] = typer.Option(None, help="Training crop and evaluation size (default 224). "
+                                             "Training: random resized crop (scale 0.5–1) + horizontal flip; "
+                                             "validation and extract: resize + centre crop."),
+    mean: str = typer.Option("0.485,0.456,0.406", help="Per-channel mean (ImageNet's; the shared MobileNetV2 "
+                             "weights need 0.5,0.5,0.5)."),
+    std: str = typer.Option("0.229,0.224,0.225", help="Per-channel std (ImageNet's; the shared MobileNetV2 "
+                            "weights need 0.5,0.5,0.5)."),
+    limit_per_class: Optional[int] = typer.Option(None, help="Keep only the first N items of each class per split "
+                                                  "(quick subsets)."),
+    test_fraction: float = typer.Option(0.2, help="Test share when the dataset has no test split (as extract)."),
+    head: str = typer.Option("linear", help="Head on the backbone's features: linear or mlp (BatchNorm in the "
+                             "mlp trains with batch statistics)."),
+    dim: int = typer.Option(128, help="Embedding dimension (--objective triplet)."),
+    hidden: int = typer.Option(512, help="Hidden width of the mlp head."),
+    loss: str = typer.Option("facenet", help="Triplet loss (--objective triplet): facenet, hoffer or contrastive."),
+    margin: str = typer.Option("0.2", help="The loss margin (--objective triplet; one value)."),
+    bits: int = typer.Option(48, help="Code length (--objective hash), 8..256."),
+    method: str = typer.Option("dtsh", help="Hash method (--objective hash): dtsh or triplet-ranking."),
+    alpha: Optional[float] = typer.Option(None, help="DTSH margin α (default bits/2)."),
+    lam: float = typer.Option(1.0, "--lambda", help="DTSH quantisation weight λ."),
+    lam_warmup: int = typer.Option(0, help="DTSH: λ = 0 for the first N epochs."),
+    alpha_ramp: Optional[str] = typer.Option(None, help="DTSH: START:END:EVERY α schedule, e.g. 1:16:2."),
+    ranking_margin: Optional[float] = typer.Option(None, help="triplet-ranking margin (default bits/4)."),
+    miner: str = typer.Option("semihard", help="Triplet source: a miner over P×K batches (all, hardest, semihard, "
+                              "random-hard, distance-weighted, curriculum) or random (--batch-size random "
+                              "triplets per step)."),
+    classes_per_batch: int = P_OPT,
+    samples_per_class: int = K_OPT,
+    val_fraction: float = VAL,
+    epochs: int = typer.Option(10, help="Training epochs (an epoch: n/(P·K) mined batches, or one random triplet "
+                               "per training item). May be raised on --resume."),
+    batch_size: int = BATCH,
+    lr: float = typer.Option(1e-3, help="Learning rate of the head."),
+    lr_backbone: float = typer.Option(1e-4, help="Learning rate of the backbone (0 keeps its weights fixed)."),
+    optimizer: str = OPTIMIZER,
+    weight_decay: float = WEIGHT_DECAY,
+    early_stopping: Optional[int] = EARLY,
+    freeze_bn: bool = typer.Option(True, "--freeze-bn/--no-freeze-bn", help="Keep the backbone's BatchNorm layers "
+                                   "in eval mode with their pretrained statistics (affine weights still train). "
+                                   "Default on: P×K batches hold only P classes and are small per process, the "
+                                   "shared MobileNetV2 statistics come from a quantised model, and fixed statistics "
+                                   "make multi-process training equal to one process."),
+    amp: bool = typer.Option(True, "--amp/--no-amp", help="Mixed precision on CUDA (float16 autocast + "
+                             "GradScaler); always off on CPU."),
+    seed: int = SEED,
+    device: str = DEVICE,
+    workers: int = typer.Option(0, help="DataLoader workers for the validation and standardisation passes "
+                                "(training batches are decoded in the main process)."),
+    eval_batch_size: int = typer.Option(128, help="Images per forward pass when embedding without gradients."),
+    resume: bool = typer.Option(False, "--resume", help="Continue the run checkpointed in --output from its last "
+                                "completed epoch (same options required; starts afresh if the file is absent)."),
+    force: bool = typer.Option(False, help="Overwrite an existing output (starting a new run)."),
+) -> None:
+    """Fine-tune a CNN and a head together from images (triplet embedding or hash codes). Runs under torchrun for
+    data parallelism: `torchrun --nproc_per_node N -m deephash_cli finetune ...` (see docs/finetune.md)."""
+    from deephash_cli.finetune import run_finetune
+    from deephash_cli.hashing import HashOptions
+    from deephash_cli.ui import stderr_console
+
+    options = _train_options(epochs, batch_size, lr, optimizer, weight_decay, seed, early_stopping, miner,
+                             classes_per_batch, samples_per_class)
+    hash_options = HashOptions(alpha=alpha, lam=lam, lam_warmup=lam_warmup, alpha_ramp=alpha_ramp,
+                               margin=ranking_margin)
+    out = output or _default_output(f"{dataset}-{backbone}.finetune-{objective}.model.h5")
+    summary = run_finetune(out, objective=objective, dataset=dataset, data_dir=data_dir, backbone=backbone,
+                           weights=weights, image_size=image_size, mean=mean, std=std,
+                           limit_per_class=limit_per_class, test_fraction=test_fraction, head=head, dim=dim,
+                           hidden=hidden, loss=loss, margin=margin, bits=bits, method=method,
+                           hash_options=hash_options, val_fraction=val_fraction, options=options,
+                           lr_backbone=lr_backbone, freeze_bn=freeze_bn, amp=amp, device=device, workers=workers,
+                           eval_batch_size=eval_batch_size, resume=resume, force=force)
+    if summary["world_size"] > 1 and summary.get("rank", 0) != 0:
+        return
+    stderr_console().print(f"best val mAP {summary['best_val_map']:.4f} at epoch {summary['best_epoch']} "
+                           f"({summary['epochs_done']} epochs, {summary['seconds_per_epoch'] or 0:.1f} s/epoch)")
+    typer.echo(str(out))
 
 
 # --------------------------------------------------------------------------- info / report

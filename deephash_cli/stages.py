@@ -23,12 +23,25 @@ from deephash_cli.ui import advance, progress_bar, stderr_console, warn
 def run_extract(output: Path, *, dataset: str, data_dir: str | None, backbone: str, weights: str,
                 image_size: int | None, mean: str, std: str, batch_size: int, device: str, workers: int,
                 limit_per_class: int | None, test_fraction: float, seed: int, skip_corrupt: bool,
-                force: bool) -> Path:
-    """Extract features for the train and test splits of ``dataset`` into a features artifact."""
+                force: bool, model_path: Path | None = None) -> Path:
+    """Extract features for the train and test splits of ``dataset`` into a features artifact.
+
+    With ``model_path`` (a ``deephash finetune`` model) the images go through that backbone + head
+    with its image size and mean/std: an embeddings artifact, or for a hash model packed codes.
+    """
     from deephash_cli.backbones import BACKBONES, build_backbone, resolve_device
     from deephash_cli.datasets import DATASETS, limit_per_class as limit, load_dataset
     from deephash_cli.extract import ExtractStats, extract_chunks, make_transform, parse_triple
 
+    finetuned, architecture, kind = None, {}, "features"
+    if model_path is not None:
+        from deephash_cli.finetune import load_for_extract
+
+        finetuned, architecture = load_for_extract(model_path, backbone=backbone, weights=weights,
+                                                   image_size=image_size, mean=mean, std=std)
+        backbone, weights, image_size = architecture["backbone"], "none", architecture["image_size"]
+        mean, std = ",".join(map(str, architecture["mean"])), ",".join(map(str, architecture["std"]))
+        kind = "codes" if architecture.get("produces") == "codes" else "embeddings"
     spec = BACKBONES.get(backbone)
     DATASETS.get(dataset)
     artifacts.check_output(output, force)
@@ -38,26 +51,36 @@ def run_extract(output: Path, *, dataset: str, data_dir: str | None, backbone: s
     sources = {"train": limit(data.train, limit_per_class), "test": limit(data.test, limit_per_class)}
     if image_size is None:
         image_size = data.train.load(0).size[0] if backbone == "pixels" else 224
-    model, spec = build_backbone(backbone, weights)
+    model, spec = (finetuned, BACKBONES.get(backbone)) if finetuned is not None else build_backbone(backbone, weights)
     transform = make_transform(image_size, mean_rgb, std_rgb)
     dim = spec.dim if spec.dim is not None else 3 * image_size * image_size
     weights_info: dict[str, Any] = {"weights": weights}
     if weights not in ("default", "none"):
         weights_info["weights_sha256"] = artifacts.sha256_file(weights)
+    if finetuned is not None:
+        dim = int(architecture["head"]["out_dim"])
+        weights_info = {"model": artifacts.parent_reference(model_path, output),
+                        "model_sha256": artifacts.sha256_file(model_path), "produces": kind,
+                        "model_config": artifacts.read_header(model_path)["config"]}
     config = {"stage": "extract", "dataset": dataset, "data_dir": data_dir, "backbone": backbone,
               "layer": spec.layer, "dim": dim, **weights_info, "image_size": image_size, "mean": mean_rgb,
               "std": std_rgb, "batch_size": batch_size, "device": str(torch_device),
               "limit_per_class": limit_per_class, **{f"split_{k}": v for k, v in data.split_info.items()}}
     stats = {name: ExtractStats() for name in sources}
     start = time.perf_counter()
-    with artifacts.ArtifactWriter(output, kind="features", class_names=data.class_names, config=config,
-                                  force=force) as writer:
+    with artifacts.ArtifactWriter(output, kind=kind, class_names=data.class_names, config=config,
+                                  parent=model_path, force=force) as writer:
         for name, source in sources.items():
-            split_writer = writer.create_split(name, len(source), dim=dim, resizable=skip_corrupt)
+            split_writer = writer.create_split(name, len(source), dim=None if kind == "codes" else dim,
+                                               bits=dim if kind == "codes" else None, resizable=skip_corrupt)
             with progress_bar(f"extract {name}", total=len(source)) as progress:
                 for chunk in extract_chunks(model, source, transform, image_size, batch_size=batch_size,
                                             device=torch_device, workers=workers, skip_corrupt=skip_corrupt,
                                             stats=stats[name], on_batch=lambda n: advance(progress, n)):
+                    if kind == "codes":
+                        from deephash_cli.codes import pack_codes
+
+                        chunk = (pack_codes(chunk[0]), *chunk[1:])  # bit = output > 0, as train-hash's codes
                     split_writer.write(*chunk)
             if stats[name].skipped:
                 warn(f"{name}: skipped {len(stats[name].skipped)} undecodable images, e.g. {stats[name].skipped[0]}")

@@ -8,6 +8,12 @@ Two ways to form triplets, both giving the loss index triplets over the rows of 
 Model selection and early stopping use a validation score (higher is better, e.g. validation
 mAP) computed by a caller-supplied function after every epoch; the best epoch's weights are
 kept. Nothing here reads or writes files or prints: progress goes through ``on_step``/``on_epoch``.
+
+Fine-tuning (``deephash finetune``) runs the same loop with four optional hooks: ``embed_rows``
+(images instead of feature rows, possibly sharded over distributed ranks), ``parameters``
+(optimizer parameter groups, e.g. a lower backbone learning rate), ``amp`` (CUDA mixed precision)
+and ``resume``/``on_checkpoint`` (a :class:`Checkpoint` after every epoch; continuing from one
+gives bitwise the same result as an uninterrupted run on CPU).
 """
 
 from __future__ import annotations
@@ -72,6 +78,27 @@ class FitResult:
     history: list[dict[str, Any]] = field(default_factory=list)
 
 
+@dataclass
+class Checkpoint:
+    """The loop's whole state after a completed epoch: continuing from it repeats the rest of the run.
+
+    ``model``/``optimizer``/``scaler`` are the state_dicts of the running model, optimizer and
+    GradScaler; ``generator`` and ``torch_rng`` the states of the loop's triplet/miner generator
+    and of torch's global RNG; ``best`` the best-so-far state, epoch, score and the history.
+    ``stopped``: early stopping ended the run. Serialised without pickle by ``finetune``.
+    """
+
+    epoch: int
+    model: dict[str, torch.Tensor]
+    optimizer: dict[str, Any]
+    scaler: dict[str, Any]
+    generator: torch.Tensor
+    torch_rng: torch.Tensor
+    best: FitResult
+    epochs_without_improvement: int = 0
+    stopped: bool = False
+
+
 def make_optimizer(parameters, options: TrainOptions) -> torch.optim.Optimizer:
     """Adam, or SGD with Nesterov momentum 0.9."""
     if options.optimizer == "adam":
@@ -90,14 +117,25 @@ def fit(model: nn.Module, loss_fn: nn.Module, train_x: torch.Tensor, train_y: to
         before_epoch: Callable[[int], dict[str, float]] | None = None,
         on_step: Callable[[int, float], None] | None = None,
         on_epoch: Callable[[dict[str, Any]], None] | None = None,
-        warn: Callable[[str], None] | None = None) -> FitResult:
+        warn: Callable[[str], None] | None = None,
+        embed_rows: Callable[[torch.Tensor, int, int], torch.Tensor] | None = None,
+        parameters: Any = None, amp: bool = False, resume: Checkpoint | None = None,
+        on_checkpoint: Callable[[Checkpoint], None] | None = None) -> FitResult:
     """Train ``model`` with ``loss_fn`` on (train_x (n, d), train_y (n,)); keep the best validation epoch.
 
     ``before_epoch(epoch)`` may change schedule-driven attributes (e.g. DTSH's α, λ) and returns
     them for the history. ``on_step(items, loss)`` and ``on_epoch(row)`` report progress.
+
+    Fine-tuning hooks: ``embed_rows(rows, epoch, step)`` returns the embeddings (with gradient)
+    of training items ``rows`` instead of ``model(train_x[rows])`` (``train_x`` may then be None);
+    ``parameters``: what the optimizer trains (default ``model.parameters()``; parameter groups
+    may set their own ``lr``); ``amp``: autocast the forward pass to float16 and scale the loss
+    with a GradScaler (CUDA only); ``resume``: continue after the checkpoint's epoch;
+    ``on_checkpoint(checkpoint)``: called after every epoch.
     """
     options.check()
-    device = train_x.device
+    device = train_y.device
+    amp = amp and device.type == "cuda"
     torch.manual_seed(options.seed)
     generator = torch.Generator(device="cpu").manual_seed(options.seed)
     labels_np = train_y.cpu().numpy()
@@ -106,13 +144,28 @@ def fit(model: nn.Module, loss_fn: nn.Module, train_x: torch.Tensor, train_y: to
     if miner is not None:
         sampler = PKBatchSampler(labels_np, options.classes_per_batch, options.samples_per_class, seed=options.seed)
     triplets_per_epoch = options.triplets_per_epoch or len(labels_np)
-    optimizer = make_optimizer(model.parameters(), options)
+    optimizer = make_optimizer(model.parameters() if parameters is None else parameters, options)
+    scaler = torch.amp.GradScaler(device.type, enabled=amp)
     reduction_override = "positive_mean" if miner is not None and miner.positive_mean else None
+    if embed_rows is None:
+        def embed_rows(rows: torch.Tensor, epoch: int, step: int) -> torch.Tensor:
+            return model(train_x[rows])
 
     best = FitResult(best_state=copy.deepcopy(model.state_dict()), best_epoch=0, best_score=-math.inf)
-    epochs_without_improvement = 0
+    epochs_without_improvement, stopped, first_epoch = 0, False, 1
+    if resume is not None:
+        model.load_state_dict(resume.model)
+        optimizer.load_state_dict(resume.optimizer)
+        scaler.load_state_dict(resume.scaler)
+        generator.set_state(resume.generator)
+        torch.set_rng_state(resume.torch_rng)
+        best = resume.best
+        epochs_without_improvement, stopped, first_epoch = (resume.epochs_without_improvement, resume.stopped,
+                                                              resume.epoch + 1)
     collapse_warned = False
-    for epoch in range(1, options.epochs + 1):
+    for epoch in range(first_epoch, options.epochs + 1):
+        if stopped:
+            break
         schedule = before_epoch(epoch) if before_epoch else {}
         if miner is not None:
             miner.set_progress((epoch - 1) / options.epochs)
@@ -135,12 +188,14 @@ def fit(model: nn.Module, loss_fn: nn.Module, train_x: torch.Tensor, train_y: to
                 # Embed each touched item once and re-index the triplets into that batch.
                 rows, inverse = torch.unique(torch.cat([a, p, n]), return_inverse=True)
                 triplets = inverse.view(3, -1).to(device).unbind(0)
-                embeddings = model(train_x[rows.to(device)])
-                batch_labels = train_y[rows.to(device)]
+                rows = rows.to(device)
             else:
                 rows = torch.as_tensor(batch, dtype=torch.long, device=device)
-                embeddings = model(train_x[rows])
-                batch_labels = train_y[rows]
+            with torch.autocast(device.type, enabled=amp):
+                embeddings = embed_rows(rows, epoch, step)
+            embeddings = embeddings.float()  # mining and losses in float32 even under autocast
+            batch_labels = train_y[rows]
+            if miner is not None:
                 triplets = miner(embeddings, batch_labels, margin=options.margin, generator=generator)
                 if not collapse_warned and warn is not None and embedding_collapse(embeddings.detach()):
                     warn(f"epoch {epoch}: embeddings collapsed (all pairwise distances ≈ 0), a known failure of "
@@ -149,8 +204,9 @@ def fit(model: nn.Module, loss_fn: nn.Module, train_x: torch.Tensor, train_y: to
             loss = loss_fn(embeddings, batch_labels, triplets, reduction=reduction_override)
             _check_finite(loss, epoch, step)
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+            scaler.scale(loss).backward()  # without amp: loss.backward() and optimizer.step()
+            scaler.step(optimizer)
+            scaler.update()
             loss_sum += float(loss.detach())
             active_sum += float(loss_fn.last_active_fraction)
             steps += 1
@@ -173,8 +229,11 @@ def fit(model: nn.Module, loss_fn: nn.Module, train_x: torch.Tensor, train_y: to
             epochs_without_improvement = 0
         else:
             epochs_without_improvement += 1
-            if options.early_stopping and epochs_without_improvement >= options.early_stopping:
-                break
+            stopped = bool(options.early_stopping and epochs_without_improvement >= options.early_stopping)
+        if on_checkpoint is not None:
+            on_checkpoint(Checkpoint(epoch, model.state_dict(), optimizer.state_dict(), scaler.state_dict(),
+                                     generator.get_state(), torch.get_rng_state(), best,
+                                     epochs_without_improvement, stopped))
     model.load_state_dict(best.best_state)
     return best
 
