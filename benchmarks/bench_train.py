@@ -32,13 +32,17 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=45_000)
     parser.add_argument("--dim", type=int, default=1280)
     parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--threads", type=int, help="torch threads (default: torch's choice, the core count)")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     if args.features:
         from deephash_cli.artifacts import read_artifact
 
         train = read_artifact(args.features, splits=["train"]).split("train")
-        x, y = train.features[: args.n], train.labels[: args.n]
+        rows = np.sort(np.random.default_rng(0).permutation(len(train))[: args.n])  # all classes, not the first
+        x, y = train.features[rows], train.labels[rows]
     else:
         rng = np.random.default_rng(0)
         y = rng.integers(0, 10, args.n)
