@@ -59,11 +59,14 @@ of the top ``k``:
 * A query with no relevant item in the database (``R = 0``) contributes AP = 0,
   mAP@K = 0 (and precision@K = 0) and is counted in the means, as DeepHash-pytorch
   does; how many there were is reported as ``queries_without_relevant``.
-* ``knn_accuracy``: the ``k = min(knn_k, n)`` nearest database items vote, where
-  distance ties at the ``k``-th place are broken by database index (lower index
-  first, i.e. a stable sort).  The label with most votes wins; a vote tie between
-  labels is broken in favour of the tied label whose best-ranked neighbour comes
-  first.  Accuracy is the fraction of queries whose winning label equals their own.
+* ``knn_accuracy``: the ``k = min(knn_k, n)`` nearest database items vote, tie-aware like
+  mAP: items closer than the k-th smallest distance vote 1 each, and the ``k − n_closer``
+  remaining votes are shared equally by all items *at* the k-th distance (the expected vote
+  over all orderings of that tie group).  Hamming codes tie massively at short code lengths;
+  breaking those ties by database position would favour whichever classes are stored first.
+  The label with most votes wins; equal votes go to the label with the nearest member, then
+  to the smallest label.  Accuracy is the fraction of queries whose winning label equals
+  their own.  Without distance ties this is the plain k-NN majority vote.
 * Leave-one-out (``exclude_self=True``, query set = database): query ``i``'s own item
   ``i`` is removed from its ranking; all definitions above then apply with ``n − 1``
   items and ``R − 1`` relevant ones (``R − 1 = 0`` counts as a query without relevant).
@@ -296,55 +299,52 @@ def _knn_predict(
     kth: np.ndarray,
     k: int,
     db_labels: np.ndarray,
-    db_index: np.ndarray | None = None,
     exclude_cols: np.ndarray | None = None,
 ) -> np.ndarray:
-    """Majority-vote label of the k nearest database items for every row of ``dist``.
+    """Tie-aware majority-vote label of the k nearest database items for every row of ``dist``.
 
     dist (q, n) real or unsigned; kth (q,) same dtype, the k-th smallest distance of each
-    row; db_labels (n,) int64 label of each column; db_index (n,) int64 original database
-    index of each column when the columns are permuted (None: column j is item j);
-    exclude_cols (q,) int64 optional column that row i must not use (leave-one-out).
-    Returns (q,) int64.
+    row; db_labels (n,) int64 label of each column; exclude_cols (q,) int64 optional column
+    that row i must not use (leave-one-out). Returns (q,) int64.
 
-    Candidates are all items with distance <= kth; sorted by (distance, database index)
-    the first k are the neighbours, which implements the stable index tie-break at the
-    k-th place.  Vote ties go to the tied label whose best-ranked neighbour comes first.
+    Items closer than the k-th distance vote 1 each; the ``k - n_closer`` remaining votes are
+    shared equally by the items *at* the k-th distance (the expected vote over all orderings
+    of that tie group, so neither database order nor label order decides a tie). The label
+    with most votes wins; equal votes go to the label with the nearest member, then to the
+    smallest label.
     """
     q, n = dist.shape
+    classes, db_codes = np.unique(db_labels, return_inverse=True)
+    n_cls = classes.size
     pred = np.empty(q, dtype=np.int64)
     step = max(1, _KNN_BLOCK_PAIRS // max(n, 1))
     for start in range(0, q, step):
         block = dist[start : start + step]
-        # Flat indices are row-major, i.e. ascending database index within a row
-        # (np.flatnonzero is ~10x faster than 2-D np.nonzero here).
+        m = block.shape[0]
+        # np.flatnonzero is ~10x faster than 2-D np.nonzero here.
         flat = np.flatnonzero(block <= kth[start : start + step, None])
         rows, cols = np.divmod(flat, n)
         if exclude_cols is not None:
             keep = cols != exclude_cols[start + rows]
             flat, rows, cols = flat[keep], rows[keep], cols[keep]
         d = block.ravel()[flat]
-        order = np.lexsort((cols if db_index is None else db_index[cols], d, rows))
-        rows, cols = rows[order], cols[order]
-        counts = np.bincount(rows, minlength=block.shape[0])
-        row_start = np.cumsum(counts) - counts
-        rank = np.arange(rows.size) - row_start[rows]
-        keep = rank < k
-        rows, rank, lab = rows[keep], rank[keep], db_labels[cols[keep]]
-        # Group neighbours by (row, label): vote count and best (smallest) rank per group.
-        order = np.lexsort((rank, lab, rows))
-        rows, rank, lab = rows[order], rank[order], lab[order]
-        new_group = np.ones(rows.size, dtype=bool)
-        new_group[1:] = (rows[1:] != rows[:-1]) | (lab[1:] != lab[:-1])
-        g_start = np.flatnonzero(new_group)
-        g_count = np.diff(np.append(g_start, rows.size))
-        g_row, g_lab, g_best = rows[g_start], lab[g_start], rank[g_start]
-        # Winner per row: most votes, then best-ranked neighbour.
-        order = np.lexsort((g_best, -g_count, g_row))
-        g_row, g_lab = g_row[order], g_lab[order]
-        first = np.ones(g_row.size, dtype=bool)
-        first[1:] = g_row[1:] != g_row[:-1]
-        pred[start + g_row[first]] = g_lab[first]
+        closer = d < kth[start + rows]
+        n_closer = np.bincount(rows[closer], minlength=m)
+        n_tied = np.bincount(rows[~closer], minlength=m)
+        share = (k - n_closer) / np.maximum(n_tied, 1)
+        weight = np.where(closer, 1.0, share[rows])
+        key = rows * n_cls + db_codes[cols]
+        votes = np.bincount(key, weights=weight, minlength=m * n_cls).reshape(m, n_cls)
+        # Nearest member of each (row, label): sort by (key, distance), first of each key.
+        order = np.lexsort((d, key))
+        first = np.ones(order.size, dtype=bool)
+        first[1:] = key[order][1:] != key[order][:-1]
+        nearest = np.full(m * n_cls, np.inf)
+        nearest[key[order][first]] = d[order][first]
+        nearest = nearest.reshape(m, n_cls)
+        # Shares are rationals summed in float64: equal votes may differ in the last bits.
+        leading = votes >= votes.max(axis=1, keepdims=True) - 1e-9
+        pred[start : start + m] = classes[np.argmin(np.where(leading, nearest, np.inf), axis=1)]
     return pred
 
 
@@ -722,7 +722,7 @@ def _hamming_pass(q_codes, q_lab, q_order, db_codes, db_lab, bits, k, chunk, exc
         if k is not None:
             # k-th smallest distance of each row: first bin where the cumulative count reaches k.
             kth = np.argmax(np.cumsum(hist_all, axis=1) >= k, axis=1).astype(dist.dtype)
-            pred = _knn_predict(dist[:, :n_db], kth, k, db_lab_sorted, db_order, self_cols)
+            pred = _knn_predict(dist[:, :n_db], kth, k, db_lab_sorted, self_cols)
         return c0, c1, groups, pred
 
     yield from _pipelined(process, len(starts), workers)

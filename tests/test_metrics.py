@@ -66,13 +66,20 @@ def naive_query_metrics(dist: list, rel: list[int], map_ks, prec_ks, knn_k, db_l
     pess_order = sorted(range(n), key=lambda j: (dist[j], rel[j]))
     ap_opt = ap_at_of_order([rel[j] for j in opt_order], None)
     ap_pess = ap_at_of_order([rel[j] for j in pess_order], None)
-    # k-NN: stable order by (distance, index); majority vote; vote ties -> nearest.
-    stable = sorted(range(n), key=lambda j: (dist[j], j))[: min(knn_k, n)]
-    votes: dict[int, int] = {}
-    for j in stable:
-        votes[db_labels[j]] = votes.get(db_labels[j], 0) + 1
+    # k-NN, tie-aware: items closer than the k-th distance vote 1; the remaining votes are
+    # shared equally by the items at the k-th distance; vote ties -> nearest member, then label.
+    kk = min(knn_k, n)
+    d_k = sorted(dist)[kk - 1]
+    closer = [j for j in range(n) if dist[j] < d_k]
+    tied = [j for j in range(n) if dist[j] == d_k]
+    share = Fraction(kk - len(closer), len(tied))
+    votes: dict[int, Fraction] = {}
+    nearest: dict[int, float] = {}
+    for j in closer + tied:
+        votes[db_labels[j]] = votes.get(db_labels[j], Fraction(0)) + (1 if j in closer else share)
+        nearest[db_labels[j]] = min(nearest.get(db_labels[j], float("inf")), dist[j])
     best = max(votes.values())
-    winner = next(db_labels[j] for j in stable if votes[db_labels[j]] == best)
+    winner = min((lab for lab in votes if votes[lab] == best), key=lambda lab: (nearest[lab], lab))
     return ap, ap_opt, ap_pess, ap_at, prec, winner
 
 
@@ -131,8 +138,9 @@ def test_tie_aware_ap_hand_computed():
     assert res.map_optimistic == pytest.approx(5 / 6, abs=1e-15)
     assert res.map_pessimistic == pytest.approx(7 / 12, abs=1e-15)
     assert res.precision_at == {1: pytest.approx(0.5), 2: pytest.approx(0.5)}
-    # k=1: the distance tie at rank 1 goes to the lower database index (item 0, label 1).
-    assert res.knn_accuracy == 1.0
+    # k=1: the two items at distance 0 (labels 1 and 0) share the vote; equal votes at equal
+    # distance go to the smaller label, 0 (not to whichever is stored first).
+    assert res.knn_accuracy == 0.0
 
 
 @pytest.mark.parametrize("seed", range(12))
@@ -179,24 +187,37 @@ def test_knn_vote_tie_goes_to_nearest_label():
     assert evaluate_retrieval(q, [8], db, [7, 8, 8, 9, 9], distance="euclidean", knn_k=3).knn_accuracy == 1.0
 
 
-def test_knn_distance_tie_at_kth_place_uses_database_index():
-    # Items 1..4 all at distance 1; k=2 takes item 0 (distance 0) and item 1 (lowest index).
+def test_knn_distance_ties_at_kth_place_share_the_remaining_votes():
+    # Item 0 at distance 0 (label 5); items 1..4 tied at distance 1 with labels 6, 7, 7, 7.
     q = np.zeros((1, 1), dtype=np.float32)
     db = np.array([[0.0], [1.0], [1.0], [-1.0], [1.0]], dtype=np.float32)
     labels = [5, 6, 7, 7, 7]
-    # Votes {5: 1, 6: 1}: vote tie -> nearest (label 5).
+    # k=2: votes {5: 1, 6: 1/4, 7: 3/4} -> 5.
     assert evaluate_retrieval(q, [5], db, labels, distance="euclidean", knn_k=2).knn_accuracy == 1.0
-    # k=3 takes items 0,1,2 -> one vote each, nearest wins (5); not 7 despite 3 tied items.
-    assert evaluate_retrieval(q, [5], db, labels, distance="euclidean", knn_k=3).knn_accuracy == 1.0
-    # Same with codes.  All five items are at distance 1; the hamming path reorders the
-    # database by label internally (7s before 8s), so this fails if the tie-break used the
-    # internal order instead of the original database index.
+    # k=3: the four tied items share 2 votes: {5: 1, 6: 1/2, 7: 3/2} -> 7, whatever their order.
+    assert evaluate_retrieval(q, [7], db, labels, distance="euclidean", knn_k=3).knn_accuracy == 1.0
+    # Codes, all five items at distance 1: label 7 holds 3/5 of every k, whatever the database
+    # order; an index tie-break would hand k=2 to the two 8s stored first.
     qc = codes_from_rows([[0, 0]])
     dbc = codes_from_rows([[1, 0], [0, 1], [1, 0], [0, 1], [1, 0]])
-    labels = [8, 8, 7, 7, 7]
-    for k, label, expected in ((2, 8, 1.0), (2, 7, 0.0), (3, 8, 1.0), (4, 8, 1.0), (4, 7, 0.0), (5, 7, 1.0)):
-        res = evaluate_retrieval(qc, [label], dbc, labels, distance="hamming", bits=2, knn_k=k)
-        assert res.knn_accuracy == expected, (k, label)
+    for k in (1, 2, 3, 4, 5):
+        res = evaluate_retrieval(qc, [7], dbc, [8, 8, 7, 7, 7], distance="hamming", bits=2, knn_k=k)
+        assert res.knn_accuracy == 1.0, k
+
+
+def test_knn_is_independent_of_database_order_under_massive_ties():
+    # 1-bit codes: every item ties with half the database. Sorting the database by class
+    # must not change the vote (it did with an index tie-break: the first class won).
+    rng = np.random.default_rng(0)
+    labels = np.repeat(np.arange(4), 50)
+    bits01 = (rng.random((200, 8)) < (0.2 + 0.2 * labels[:, None] / 3)).astype(np.uint8)
+    db = np.packbits(bits01, axis=1)
+    q = db[::7]
+    ql = labels[::7]
+    perm = rng.permutation(200)
+    a = evaluate_retrieval(q, ql, db, labels, distance="hamming", bits=8, knn_k=10)
+    b = evaluate_retrieval(q, ql, db[perm], labels[perm], distance="hamming", bits=8, knn_k=10)
+    assert a.knn_accuracy == b.knn_accuracy
 
 
 def test_query_without_relevant_items_counts_as_zero():
