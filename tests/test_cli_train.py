@@ -203,3 +203,20 @@ def test_train_options_are_checked():
         TrainOptions(epochs=0).check()
     with pytest.raises(DeephashError, match="unknown optimizer 'rmsprop'"):
         TrainOptions(optimizer="rmsprop").check()
+
+
+def test_collapsed_embeddings_warn_once():
+    # A head whose outputs ignore the input (all rows the same point) is what batch-hard collapse
+    # looks like; the loop must say so once, not on every batch.
+    x, y = torch.randn(40, 4), torch.arange(40) % 4
+    model = torch.nn.Linear(4, 3)
+    with torch.no_grad():
+        model.weight.zero_()
+        model.bias.fill_(1.0)
+    messages = []
+    from deephash_cli.losses import FaceNetTripletLoss
+
+    fit(model, FaceNetTripletLoss(0.2), x, y, TrainOptions(epochs=2, miner="hardest", classes_per_batch=4,
+                                                          samples_per_class=5, lr=1e-9),
+        validate=lambda m: 0.0, warn=messages.append)
+    assert len(messages) == 1 and "collapsed" in messages[0]

@@ -202,6 +202,15 @@ def test_collapse_detection():
     assert embedding_collapse(torch.ones(6, 3) + 1e-6 * torch.randn(6, 3))
     assert not embedding_collapse(torch.randn(6, 3))
     assert not embedding_collapse(torch.randn(1, 3))
+    # Scale-free: the batch-hard collapse seen on CIFAR-10 (unit vectors, mean distance ~0.01)
+    # is caught, and scaling a healthy or a collapsed batch does not change the verdict.
+    torch.manual_seed(0)
+    centre = torch.nn.functional.normalize(torch.randn(1, 128), dim=1)
+    collapsed = torch.nn.functional.normalize(centre + 0.001 * torch.randn(64, 128), dim=1)
+    assert embedding_collapse(collapsed) and embedding_collapse(1000 * collapsed)
+    healthy = torch.nn.functional.normalize(torch.randn(64, 128), dim=1)
+    assert not embedding_collapse(healthy) and not embedding_collapse(1e-4 * healthy)
+    assert embedding_collapse(torch.zeros(4, 3))
 
 
 def test_registry_and_single_class_batch():

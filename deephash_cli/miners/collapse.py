@@ -8,13 +8,18 @@ import torch.nn.functional as F
 from deephash_cli.distances import pairwise_distances
 
 
-def embedding_collapse(embeddings: torch.Tensor, threshold: float = 1e-3, normalize: bool = False) -> bool:
-    """True when the mean pairwise Euclidean distance (over ``i != j``) is below ``threshold``.
+def embedding_collapse(embeddings: torch.Tensor, threshold: float = 0.05, normalize: bool = False) -> bool:
+    """True when the embeddings have (nearly) collapsed onto one point.
+
+    Measured scale-free: the mean pairwise Euclidean distance (over ``i != j``) divided by the
+    mean norm of the embeddings falls below ``threshold`` (default 0.05). For unit-length
+    embeddings the mean norm is 1 and healthy batches sit near 1–1.4 (random directions give
+    ~√2), while the classic batch-hard collapse leaves ~0.01; dividing by the norm makes the
+    same rule hold for unnormalised outputs of any scale. An all-zero batch counts as collapsed.
 
     ``embeddings (B, d)``; ``normalize=True`` measures on the unit sphere (what a
-    FaceNet-style loss sees; note that normalisation hides collapse of the raw scale
-    only, not of directions). Fewer than two rows cannot be judged: False. Returns a
-    Python bool (one host sync): meant for an occasional warning, not every step.
+    FaceNet-style loss sees). Fewer than two rows cannot be judged: False. Returns a Python
+    bool (one host sync): meant for an occasional warning, not every step.
     """
     b = embeddings.shape[0]
     if b < 2:
@@ -24,5 +29,6 @@ def embedding_collapse(embeddings: torch.Tensor, threshold: float = 1e-3, normal
         if normalize:
             emb = F.normalize(emb, p=2, dim=1)
         dist = pairwise_distances(emb, None, squared=False)
-        mean = dist.sum() / (b * (b - 1))  # the diagonal is exactly 0
-        return bool(mean < threshold)
+        mean_dist = dist.sum() / (b * (b - 1))  # the diagonal is exactly 0
+        mean_norm = emb.norm(dim=1).mean()
+        return bool(mean_dist <= threshold * mean_norm)
