@@ -276,7 +276,7 @@ SEED = typer.Option(0, help="Seed of initialisation, validation split, triplets 
 EARLY = typer.Option(None, help="Stop after N epochs without validation-mAP improvement (default: never).")
 MINER = typer.Option("random", help="Triplet source: random (fresh seeded triplets over the whole train split "
                      "each epoch) or a miner over P×K batches: all, hardest, semihard, random-hard, "
-                     "distance-weighted, curriculum.")
+                     "distance-weighted.")
 P_OPT = typer.Option(10, "--classes-per-batch", help="P: classes per mined batch.")
 K_OPT = typer.Option(25, "--samples-per-class", help="K: items per class in a mined batch.")
 VAL = typer.Option(0.1, help="Share of train carved (stratified, seeded) into the validation split.")
@@ -452,7 +452,7 @@ def finetune(
     alpha_ramp: Optional[str] = typer.Option(None, help="DTSH: START:END:EVERY α schedule, e.g. 1:16:2."),
     ranking_margin: Optional[float] = typer.Option(None, help="triplet-ranking margin (default bits/4)."),
     miner: str = typer.Option("semihard", help="Triplet source: a miner over P×K batches (all, hardest, semihard, "
-                              "random-hard, distance-weighted, curriculum) or random (--batch-size random "
+                              "random-hard, distance-weighted) or random (--batch-size random "
                               "triplets per step)."),
     classes_per_batch: int = P_OPT,
     samples_per_class: int = K_OPT,

@@ -167,8 +167,6 @@ def fit(model: nn.Module, loss_fn: nn.Module, train_x: torch.Tensor, train_y: to
         if stopped:
             break
         schedule = before_epoch(epoch) if before_epoch else {}
-        if miner is not None:
-            miner.set_progress((epoch - 1) / options.epochs)
         start = time.perf_counter()
         model.train()
         loss_sum, active_sum, steps = 0.0, 0.0, 0

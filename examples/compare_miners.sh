@@ -6,7 +6,7 @@
 set -euo pipefail
 features="$1"; margin="$2"; out="${3:-artifacts/miners}"; epochs="${4:-20}"
 mkdir -p "$out"
-for miner in random all hardest semihard random-hard distance-weighted curriculum; do
+for miner in random all hardest semihard random-hard distance-weighted; do
   deephash train-triplet "$features" --loss facenet --margin "$margin" --miner "$miner" \
     --classes-per-batch 10 --samples-per-class 25 --epochs "$epochs" --seed 0 \
     -o "$out/miner-$miner.h5" --force 2> "$out/miner-$miner.log"

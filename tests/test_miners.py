@@ -14,7 +14,6 @@ from deephash_cli.errors import DeephashError
 from deephash_cli.miners import (
     MINERS,
     AllTripletsMiner,
-    CurriculumMiner,
     DistanceWeightedMiner,
     HardestMiner,
     RandomHardMiner,
@@ -181,23 +180,6 @@ def test_distance_weighted_zero_weight_beyond_cutoff_and_skip():
     assert a.numel() == 0
 
 
-def test_curriculum_endpoints_and_mix():
-    emb, labels = batch(11, b=24, n_classes=4)
-    cur = CurriculumMiner(start=0.3, end=0.7)
-    gen = torch.Generator().manual_seed(0)
-    cur.set_progress(0.0)
-    assert as_list(cur(emb, labels, 0.5, gen)) == as_list(SemiHardMiner()(emb, labels, 0.5))
-    cur.set_progress(1.0)
-    assert as_list(cur(emb, labels, 0.5, gen)) == as_list(HardestMiner()(emb, labels, 0.5))
-    cur.set_progress(0.5)
-    assert cur.hard_share() == pytest.approx(0.5)
-    mixed = set(as_list(cur(emb, labels, 0.5, gen)))
-    assert mixed <= set(as_list(SemiHardMiner()(emb, labels, 0.5))) | set(as_list(HardestMiner()(emb, labels, 0.5)))
-    with pytest.raises(ValueError):
-        cur.set_progress(1.5)
-    HardestMiner().set_progress(0.4)  # no-op hook exists on every miner
-
-
 def test_collapse_detection():
     assert embedding_collapse(torch.ones(6, 3) + 1e-6 * torch.randn(6, 3))
     assert not embedding_collapse(torch.randn(6, 3))
@@ -214,7 +196,7 @@ def test_collapse_detection():
 
 
 def test_registry_and_single_class_batch():
-    assert set(MINERS.names()) == {"all", "hardest", "semihard", "random-hard", "distance-weighted", "curriculum"}
+    assert set(MINERS.names()) == {"all", "hardest", "semihard", "random-hard", "distance-weighted"}
     with pytest.raises(DeephashError, match="semihard"):
         MINERS.get("semi-hard")
     emb = torch.randn(5, 3)
@@ -238,7 +220,7 @@ def test_identical_embeddings_no_nan_in_mining():
     st.integers(1, 4),
     st.integers(1, 6),
     st.integers(0, 2**16),
-    st.sampled_from(["hardest", "semihard", "random-hard", "distance-weighted", "curriculum", "all"]),
+    st.sampled_from(["hardest", "semihard", "random-hard", "distance-weighted", "all"]),
 )
 def test_mined_triplets_satisfy_label_constraints(n_classes, per_class, d, seed, name):
     g = torch.Generator().manual_seed(seed)
@@ -246,8 +228,6 @@ def test_mined_triplets_satisfy_label_constraints(n_classes, per_class, d, seed,
     labels = labels[torch.randperm(labels.numel(), generator=g)]
     emb = torch.randn(labels.numel(), d, generator=g)
     miner = MINERS.get(name)()
-    if name == "curriculum":
-        miner.set_progress(0.5)
     a, p, n = miner(emb, labels, 0.3, g)
     assert a.dtype == p.dtype == n.dtype == torch.long
     assert (labels[a] == labels[p]).all() and (a != p).all() and (labels[a] != labels[n]).all()

@@ -5,7 +5,6 @@ Calling convention (see :mod:`deephash_cli.miners.base`):
 
 A training step combines a miner and a loss like this::
 
-    miner.set_progress(epoch / epochs)            # no-op except for scheduled miners
     triplets = miner(emb, labels, margin=loss.margin, generator=gen)
     value = loss(emb, labels, triplets,
                  reduction="positive_mean" if miner.positive_mean else None)
@@ -15,7 +14,6 @@ A training step combines a miner and a loss like this::
 from deephash_cli.miners.all_triplets import AllTripletsMiner
 from deephash_cli.miners.base import Miner, MiningContext
 from deephash_cli.miners.collapse import embedding_collapse
-from deephash_cli.miners.curriculum import CurriculumMiner
 from deephash_cli.miners.distance_weighted import DistanceWeightedMiner
 from deephash_cli.miners.hardest import HardestMiner
 from deephash_cli.miners.random_hard import RandomHardMiner
@@ -28,12 +26,10 @@ MINERS.register("hardest")(HardestMiner)
 MINERS.register("semihard")(SemiHardMiner)
 MINERS.register("random-hard")(RandomHardMiner)
 MINERS.register("distance-weighted")(DistanceWeightedMiner)
-MINERS.register("curriculum")(CurriculumMiner)
 
 __all__ = [
     "MINERS",
     "AllTripletsMiner",
-    "CurriculumMiner",
     "DistanceWeightedMiner",
     "HardestMiner",
     "Miner",

@@ -120,11 +120,6 @@ class Miner:
         self.normalize = normalize
         self.squared = squared
 
-    def set_progress(self, fraction: float) -> None:
-        """Training progress in [0, 1] (epoch / epochs); ignored except by scheduled miners."""
-        if not 0.0 <= fraction <= 1.0:
-            raise ValueError(f"progress must be in [0, 1], got {fraction}")
-
     def context(self, embeddings: torch.Tensor, labels: torch.Tensor) -> MiningContext:
         emb = embeddings.detach()
         if self.normalize:

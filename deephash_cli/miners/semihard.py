@@ -20,7 +20,7 @@ class SemiHardMiner(Miner):
     TF-addons fallback (take the farthest negative, which is hard) is deliberately not
     used: it injects exactly the hard triplets semi-hard mining exists to avoid early
     in training. A batch where every pair is skipped yields no triplets (the loss is then
-    0); the ``curriculum`` miner or ``hardest`` cover that regime.
+    0); ``hardest`` covers that regime.
 
     Distances and ``margin`` must be on the loss's scale (``squared=True`` for FaceNet).
     Each anchor's negatives are sorted once; the bounds for every pair come from
