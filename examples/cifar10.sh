@@ -36,7 +36,7 @@ deephash extract --dataset "$dataset" --data-dir "$data_dir" --backbone "$backbo
   --image-size "$image_size" --mean "$mean" --std "$std" -o "$features" --force
 deephash evaluate "$features" --metric map,precision@100,knn --record
 
-embeddings=$(deephash train-triplet "$features" --loss facenet --margin 0.2,0.5,1.0 --miner hardest \
+embeddings=$(deephash train-triplet "$features" --loss facenet --margin 0.2,0.5,1.0 --miner semihard \
   --epochs 20 --early-stopping 5 -o "$out/cifar10.triplet-facenet.h5" --force)
 deephash evaluate "$embeddings" --metric map,precision@100,knn --record
 
