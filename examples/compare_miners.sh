@@ -9,7 +9,7 @@ mkdir -p "$out"
 for miner in random all hardest semihard random-hard distance-weighted; do
   deephash train-triplet "$features" --loss facenet --margin "$margin" --miner "$miner" \
     --classes-per-batch 10 --samples-per-class 25 --epochs "$epochs" --seed 0 \
-    -o "$out/miner-$miner.h5" --force 2> "$out/miner-$miner.log"
+    -o "$out/miner-$miner.h5" --force > /dev/null 2> "$out/miner-$miner.log"
   deephash evaluate "$out/miner-$miner.h5" --metric map,precision@100,knn --json > "$out/miner-$miner.eval.json"
 done
 python3 "$(dirname "$0")/miner_table.py" "$out"

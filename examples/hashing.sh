@@ -16,7 +16,7 @@ for bits in 12 16 24 32 48 64; do
       triplet-ranking) method=(--method triplet-ranking) ;;                   # margin bits/4, tanh outputs
     esac
     name="$out/hash-$variant-$bits"
-    deephash train-hash "$features" --bits "$bits" "${method[@]}" "${common[@]}" -o "$name.model.h5" --force \
+    deephash train-hash "$features" --bits "$bits" "${method[@]}" "${common[@]}" -o "$name.model.h5" --force > /dev/null \
       2> "$name.log"
     deephash encode "$features" --model "$name.model.h5" -o "$name.codes.h5" --force > /dev/null
     deephash evaluate "$name.codes.h5" --metric map,precision@100,knn --json > "$name.eval.json"
