@@ -65,5 +65,5 @@ def line_plot(series: Mapping[str, tuple[Sequence[float], Sequence[float]]], *, 
     axes.set_ylabel(ylabel)
     axes.set_title(title, fontsize=10)
     axes.grid(alpha=0.3)
-    axes.legend(fontsize=8)
+    axes.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
     return figure
