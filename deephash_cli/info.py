@@ -39,13 +39,18 @@ def lineage_value(config: Mapping[str, Any], key: str) -> Any:
 
 
 def method_of(config: Mapping[str, Any]) -> str | None:
-    """The loss or hash method and the triplet source: 'facenet + semihard', 'dtsh + random', 'pixels'."""
+    """The loss or hash method and the triplet source: 'facenet + semihard', 'dtsh + random', 'pixels'.
+
+    DTSH trained with a λ warm-up or an α ramp is named 'dtsh-schedule'.
+    """
     stage = config.get("stage")
     model_config = config.get("model_config") if isinstance(config.get("model_config"), dict) else {}
     training = config if stage in TRAINING_STAGES else model_config
     name = config.get("method") or config.get("loss") or training.get("method") or training.get("loss")
     if name is None:
         return None
+    if name == "dtsh" and training and (training.get("alpha_ramp") or training.get("lam_warmup")):
+        name = "dtsh-schedule"  # a different method in effect; keep it apart in tables and plots
     miner = training.get("miner") if training else None
     return f"{name} + {miner or 'random'}" if training else str(name)
 

@@ -206,3 +206,13 @@ def test_report_errors(runner, tmp_path):
     write_features(tmp_path / "f.h5")
     result = invoke(runner, "report", tmp_path, "-o", "-")
     assert result.exit_code == 2 and "-o - is not supported" in result.stderr
+
+
+def test_method_names_keep_scheduled_dtsh_apart():
+    from deephash_cli.info import method_of
+
+    assert method_of({"stage": "train-hash", "method": "dtsh", "miner": "all"}) == "dtsh + all"
+    assert method_of({"stage": "train-hash", "method": "dtsh", "lam_warmup": 3, "alpha_ramp": "1:16:3",
+                      "miner": None}) == "dtsh-schedule + random"
+    assert method_of({"stage": "encode", "model_config": {"method": "dtsh", "lam_warmup": 2,
+                                                          "miner": "all"}}) == "dtsh-schedule + all"
