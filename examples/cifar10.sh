@@ -40,9 +40,9 @@ embeddings=$(deephash train-triplet "$features" --loss facenet --margin 0.2,0.5,
   --epochs 20 --early-stopping 5 -o "$out/cifar10.triplet-facenet.h5" --force)
 deephash evaluate "$embeddings" --metric map,precision@100,knn --record
 
-model=$(deephash train-hash "$features" --method dtsh --bits "$bits" --miner all --epochs 12 \
-  -o "$out/cifar10.hash-dtsh-$bits.model.h5" --force)
-codes=$(deephash encode "$features" --model "$model" -o "$out/cifar10.hash-dtsh-$bits.codes.h5" --force)
+model=$(deephash train-hash "$features" --method triplet-ranking --bits "$bits" --miner all \
+  --classes-per-batch 10 --samples-per-class 10 --epochs 12 -o "$out/cifar10.hash-triplet-ranking-$bits.model.h5" --force)
+codes=$(deephash encode "$features" --model "$model" -o "$out/cifar10.hash-triplet-ranking-$bits.codes.h5" --force)
 deephash evaluate "$codes" --metric map,precision@100,knn --record
 deephash evaluate "$codes" --protocol pooled --queries-per-class 100 --record     # 1,000 vs 59,000
 

@@ -173,7 +173,7 @@ def test_nan_in_training_names_the_epoch_and_keeps_no_model(runner, tmp_path, fe
 
     monkeypatch.setattr(DTSHLoss, "terms", poisoned)
     model = tmp_path / "m.h5"
-    result = invoke(runner, "train-hash", features_file, "-o", model, "--bits", "8", "--alpha-ramp", "1:8:1",
+    result = invoke(runner, "train-hash", features_file, "-o", model, "--bits", "8", "--method", "dtsh", "--alpha-ramp", "1:8:1",
                     "--epochs", "3")
     assert result.exit_code == 2 and "loss is nan at epoch 2" in result.stderr
     assert not model.exists() and list(tmp_path.iterdir()) == [features_file]

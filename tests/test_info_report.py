@@ -42,7 +42,7 @@ def test_info_json_describes_codes_and_checks_the_chain(runner, tmp_path):
     assert info["class_names"] == ["class0", "class1", "class2", "class3"]
     keys = info["key_config"]
     assert (keys["stage"], keys["dataset"], keys["backbone"], keys["bits"]) == ("encode", "blobs", "synthetic", 8)
-    assert keys["method"] == "dtsh + random"
+    assert keys["method"] == "triplet-ranking + random"
     assert keys["best_val_map"] == read_artifact(model).config["best_val_map"]
     assert info["sha256"] == sha256_file(codes)
     parent, dataset = info["provenance"]
@@ -148,7 +148,7 @@ def test_report_table_commands_and_figures(runner, tmp_path):
         assert row[6] == f"{res['map']:.4f}" and row[7] == f"{res['knn_accuracy']:.4f}"
         assert row[8] == f"{res['precision_at']['100']:.4f}"
         assert row[1:3] == ["blobs", "synthetic"]
-    assert rows["codes.h5"][3:6] == ["encode", "dtsh + random", "8"]
+    assert rows["codes.h5"][3:6] == ["encode", "triplet-ranking + random", "8"]
     assert rows["emb.h5"][3:5] == ["train-triplet", "facenet + semihard"]
     history = read_artifact(emb).history
     assert rows["emb.h5"][10] == f"{np.mean([h['seconds'] for h in history]):.2f} s/epoch"
