@@ -122,7 +122,7 @@ def test_default_output_for_stdin_is_named_after_its_hash_and_never_overwritten(
     data = features_file.read_bytes()
     monkeypatch.chdir(tmp_path)
     args = ["train-hash", "-", "--bits", "8", *FAST]
-    expected = Path("artifacts") / f"stdin-{hashlib.sha256(data).hexdigest()[:8]}.hash-dtsh-8.model.h5"
+    expected = Path("artifacts") / f"stdin-{hashlib.sha256(data).hexdigest()[:8]}.hash-triplet-ranking-8.model.h5"
     first = _run(runner, *args, stdin=data)
     assert first.exit_code == 0, first.output
     assert first.stdout.strip() == str(expected) and expected.exists()
