@@ -15,9 +15,9 @@ embeddings=$(dh train-triplet "$features" --loss facenet --margin 0.1,0.2,0.5 --
   --save-model "$out/digits.triplet-facenet.model.h5" -o "$out/digits.triplet-facenet.h5" --force)
 dh evaluate "$embeddings" --metric map,precision@100,knn --record > /dev/null
 
-model=$(dh train-hash "$features" --method dtsh --bits 32 --epochs 15 --hidden 128 --lam-warmup 3 \
-  -o "$out/digits.hash-dtsh-32.model.h5" --force)
-codes=$(dh encode "$features" --model "$model" -o "$out/digits.hash-dtsh-32.codes.h5" --force)
+model=$(dh train-hash "$features" --method triplet-ranking --bits 32 --epochs 15 --hidden 128 \
+  -o "$out/digits.hash-triplet-ranking-32.model.h5" --force)
+codes=$(dh encode "$features" --model "$model" -o "$out/digits.hash-triplet-ranking-32.codes.h5" --force)
 dh evaluate "$codes" --metric map,precision@100,knn --record > /dev/null
 
 dh plot-tsne "$embeddings" -o "$out/digits.triplet-facenet.tsne.png" --force > /dev/null
