@@ -445,7 +445,8 @@ def finetune(
     loss: str = typer.Option("facenet", help="Triplet loss (--objective triplet): facenet, hoffer or contrastive."),
     margin: str = typer.Option("0.2", help="The loss margin (--objective triplet; one value)."),
     bits: int = typer.Option(48, help="Code length (--objective hash), 8..256."),
-    method: str = typer.Option("dtsh", help="Hash method (--objective hash): dtsh or triplet-ranking."),
+    method: str = typer.Option("triplet-ranking", help="Hash method (--objective hash): triplet-ranking (as "
+                               "train-hash's default) or dtsh."),
     alpha: Optional[float] = typer.Option(None, help="DTSH margin α (default bits/2)."),
     lam: float = typer.Option(1.0, "--lambda", help="DTSH quantisation weight λ."),
     lam_warmup: int = typer.Option(0, help="DTSH: λ = 0 for the first N epochs."),
