@@ -428,6 +428,10 @@ def finetune(
     backbone: str = typer.Option("mobilenet_v2", help="CNN to fine-tune (any extract backbone except pixels)."),
     weights: str = typer.Option("default", help="Initial backbone weights: 'default' (torchvision's), 'none' "
                                 "(random) or PATH to a state_dict of the full torchvision model."),
+    init: Optional[Path] = typer.Option(None, help="Start from a model written by finetune instead of --weights: "
+                                        "its backbone and preprocessing, and its head when the new head has the "
+                                        "same shape (e.g. continue with lower learning rates); otherwise a new "
+                                        "head (e.g. hash codes on a fine-tuned embedding). Recorded as parent."),
     image_size: Optional[int] = typer.Option(None, help="Training crop and evaluation size (default 224). "
                                              "Training: random resized crop (scale 0.5–1) + horizontal flip; "
                                              "validation and extract: resize + centre crop."),
@@ -499,7 +503,7 @@ def finetune(
                            hidden=hidden, loss=loss, margin=margin, bits=bits, method=method,
                            hash_options=hash_options, val_fraction=val_fraction, options=options,
                            lr_backbone=lr_backbone, freeze_bn=freeze_bn, amp=amp, device=device, workers=workers,
-                           eval_batch_size=eval_batch_size, resume=resume, force=force)
+                           eval_batch_size=eval_batch_size, resume=resume, force=force, init=init)
     if summary["world_size"] > 1 and summary.get("rank", 0) != 0:
         return
     stderr_console().print(f"best val mAP {summary['best_val_map']:.4f} at epoch {summary['best_epoch']} "

@@ -257,8 +257,12 @@ def run_finetune(output: Path, *, objective: str, dataset: str, data_dir: str | 
                  head: str, dim: int, hidden: int, loss: str, margin: str, bits: int, method: str,
                  hash_options: Any, val_fraction: float, options: TrainOptions, lr_backbone: float,
                  freeze_bn: bool, amp: bool, device: str, workers: int, eval_batch_size: int, resume: bool,
-                 force: bool) -> dict[str, Any]:
+                 force: bool, init: Path | None = None) -> dict[str, Any]:
     """Fine-tune ``backbone`` + a head on ``dataset``'s images; write (and checkpoint every epoch) a model artifact.
+
+    ``init``: start from a fine-tuned model artifact instead of ``weights``: its backbone and preprocessing
+    always, its head too when the new head has the same architecture (same objective and shape), e.g. to
+    continue a run with lower learning rates; otherwise a new head, e.g. hash codes on a fine-tuned embedding.
 
     Returns a summary (best validation mAP and epoch, epochs done, seconds per epoch, resumed from).
     """
@@ -281,6 +285,13 @@ def run_finetune(output: Path, *, objective: str, dataset: str, data_dir: str | 
         objective, loss=loss, margin=margin, bits=bits, method=method, hash_options=hash_options)
     out_dim = out_dim or dim
     mean_rgb, std_rgb = parse_triple(mean, "--mean"), parse_triple(std, "--std")
+    init_model = None
+    if init is not None:
+        # The initial model fixes backbone and preprocessing, exactly as for extract --model.
+        init_model, init_arch = load_for_extract(init, backbone=backbone, weights=weights, image_size=image_size,
+                                                 mean=mean, std=std)
+        backbone, image_size = init_arch["backbone"], int(init_arch["image_size"])
+        mean_rgb, std_rgb = tuple(init_arch["mean"]), tuple(init_arch["std"])
     image_size = image_size or 224
     eval_transform = make_transform(image_size, mean_rgb, std_rgb)
     train_transform = make_transform(image_size, mean_rgb, std_rgb, train=True)
@@ -304,6 +315,8 @@ def run_finetune(output: Path, *, objective: str, dataset: str, data_dir: str | 
         "test_fraction": test_fraction, "items": {"train": len(train_source), "val": len(val_source)},
         "backbone": backbone, "weights": weights,
         "weights_sha256": artifacts.sha256_file(weights) if weights not in ("default", "none") else None,
+        # Only present with --init, so checkpoints written before the option existed still resume.
+        **({"init": str(init), "init_sha256": artifacts.sha256_file(init)} if init is not None else {}),
         "image_size": image_size, "mean": mean_rgb, "std": std_rgb, "head": head, "dim": out_dim,
         "hidden": hidden, "hash_options": getattr(hash_options, "__dict__", None) if objective == "hash" else None,
         **extra, "val_fraction": val_fraction, "lr_backbone": lr_backbone, "freeze_bn": freeze_bn, "amp": amp,
@@ -317,13 +330,17 @@ def run_finetune(output: Path, *, objective: str, dataset: str, data_dir: str | 
     context = distributed.init(context, torch_device)
     try:
         return _train(output, context=context, data=data, train_source=train_source, val_source=val_source,
-                      build=lambda: build_backbone(backbone, weights), head=head, out_dim=out_dim, hidden=hidden,
+                      build=((lambda: build_backbone(backbone, weights)) if init_model is None else
+                             (lambda: (init_model.backbone, BACKBONES.get(backbone)))),
+                      init_head=init_model.head if init_model is not None else None, parent=init,
+                      head=head, out_dim=out_dim, hidden=hidden,
                       head_output=head_output, loss_fn=loss_fn, miner_margin=miner_margin,
                       before_epoch=before_epoch, score=score, options=options, lr_backbone=lr_backbone,
                       freeze_bn=freeze_bn, amp=amp, workers=workers, eval_batch_size=eval_batch_size,
                       image_size=image_size, transforms=(train_transform, eval_transform), checkpoint=checkpoint,
                       fingerprint=fingerprint,
                       architecture={"type": "finetuned", "backbone": backbone, "weights": weights,
+                                    **({"init": str(init)} if init is not None else {}),
                                     "image_size": image_size, "mean": list(mean_rgb), "std": list(std_rgb),
                                     "freeze_bn": freeze_bn, "objective": objective, **extra, "dataset": dataset,
                                     "val_fraction": val_fraction, "seed": options.seed})
@@ -332,7 +349,8 @@ def run_finetune(output: Path, *, objective: str, dataset: str, data_dir: str | 
 
 
 def _train(output: Path, *, context: distributed.DistContext, data: Any, train_source: ImageSource,
-           val_source: ImageSource, build: Callable, head: str, out_dim: int, hidden: int, head_output: str,
+           val_source: ImageSource, build: Callable, init_head: Head | None, parent: Path | None, head: str,
+           out_dim: int, hidden: int, head_output: str,
            loss_fn: nn.Module, miner_margin: float, before_epoch: Callable | None, score: Callable,
            options: TrainOptions, lr_backbone: float, freeze_bn: bool, amp: bool, workers: int,
            eval_batch_size: int, image_size: int, transforms: tuple[Callable, Callable],
@@ -346,7 +364,9 @@ def _train(output: Path, *, context: distributed.DistContext, data: Any, train_s
     torch.manual_seed(options.seed)  # the head's initial weights
     cnn, spec = build()
     net = FinetuneModel(cnn, Head(head, spec.dim, out_dim, hidden, head_output), freeze_bn).to(device)
-    if checkpoint is None:
+    if init_head is not None and init_head.architecture() == net.head.architecture():
+        net.head = init_head.to(device)  # --init with the same head: continue it (standardiser included)
+    elif checkpoint is None:
         rng = np.random.default_rng(options.seed)
         sample = np.sort(rng.choice(len(train_source), min(len(train_source), STANDARDIZER_SAMPLE), replace=False))
         net.head.fit_standardizer(embed_source(net.backbone, train_source.subset(sample), eval_transform, image_size,
@@ -394,7 +414,7 @@ def _train(output: Path, *, context: distributed.DistContext, data: Any, train_s
                    "seconds_per_epoch": float(np.mean(seconds)) if seconds else None}
         json_state, arrays = checkpoint_arrays(state)
         with artifacts.ArtifactWriter(output, kind="model", class_names=data.class_names,
-                                      config={**config, **summary}, force=True) as writer:
+                                      config={**config, **summary}, parent=parent, force=True) as writer:
             writer.write_model({**architecture, "head": net.head.architecture(), "feature_dim": spec.dim},
                                {name: t.detach().cpu().numpy() for name, t in state.best.best_state.items()})
             writer.write_history(state.best.history)

@@ -18,7 +18,7 @@ import pytest
 import torch
 from PIL import Image
 
-from deephash_cli.artifacts import read_artifact, read_checkpoint
+from deephash_cli.artifacts import read_artifact, read_checkpoint, sha256_file
 from tests.conftest import invoke
 
 COLOURS = [(220, 40, 40), (40, 200, 60), (40, 60, 220)]
@@ -250,3 +250,68 @@ def test_bad_options(runner, workspace, tmp_path, extra, message):
     result = invoke(runner, *args(workspace, "-o", str(out)), *extra)
     assert result.exit_code == 2, result.output
     assert message in result.stderr and not out.exists()
+
+
+def _without_weights(arguments: list[str]) -> list[str]:
+    """args() without --weights: with --init the initial model carries the weights."""
+    i = arguments.index("--weights")
+    return arguments[:i] + arguments[i + 2:]
+
+
+def test_init_continues_the_models_backbone_and_head(runner, workspace, reference, tmp_path):
+    """Same objective and head: both are loaded; with frozen rates nothing moves, and the parent is recorded."""
+    out = tmp_path / "continued.model.h5"
+    result = invoke(runner, *_without_weights(args(workspace, "--init", str(reference), "--epochs", "1",
+                                                   "--lr-backbone", "0", "--lr", "1e-12", "-o", str(out))))
+    assert result.exit_code == 0, result.output
+    start, got = _parameters(reference), _parameters(out)
+    assert set(start) == set(got)
+    for name, value in start.items():
+        if name.startswith("backbone."):
+            np.testing.assert_array_equal(got[name], value, err_msg=name)  # learning rate 0: untouched
+        else:
+            np.testing.assert_allclose(got[name], value, atol=1e-6, err_msg=name)  # the head went on, not anew
+    artifact = read_artifact(out)
+    assert artifact.model_attrs["init"] == str(reference)
+    assert artifact.config["init_sha256"] == artifact.attrs["parent_sha256"] == sha256_file(reference)
+    assert (out.parent / artifact.attrs["parent"]).resolve() == reference.resolve()
+
+
+def test_init_with_another_objective_keeps_the_backbone_and_builds_a_new_head(runner, workspace, reference,
+                                                                             tmp_path):
+    out = tmp_path / "hash.model.h5"
+    result = invoke(runner, *_without_weights(args(workspace, "--init", str(reference), "--objective", "hash",
+                                                   "--bits", "8", "--epochs", "1", "--lr-backbone", "0",
+                                                   "-o", str(out))))
+    assert result.exit_code == 0, result.output
+    start, got = _parameters(reference), _parameters(out)
+    for name, value in start.items():
+        if name.startswith("backbone."):
+            np.testing.assert_array_equal(got[name], value, err_msg=name)
+    assert got["head.net.weight"].shape == (8, start["head.net.weight"].shape[1])
+    assert read_artifact(out).model_attrs["produces"] == "codes"
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--image-size", "32"], "fixes the backbone and preprocessing; drop --image-size 32"),
+    (["--weights", "none"], "drop --weights"),
+])
+def test_init_rejects_contradicting_options(runner, workspace, reference, tmp_path, extra, message):
+    out = tmp_path / "m.h5"
+    result = invoke(runner, *_without_weights(args(workspace, "--init", str(reference), "-o", str(out))), *extra)
+    assert result.exit_code == 2, result.output
+    assert message in result.stderr and not out.exists()
+
+
+def test_init_from_a_head_model_is_refused(runner, workspace, tmp_path):
+    """A head trained on features has no backbone to start from."""
+    from deephash_cli.artifacts import ArtifactWriter
+
+    head_model = tmp_path / "head.model.h5"
+    with ArtifactWriter(head_model, kind="model", class_names=["a"], config={"stage": "train-triplet"}) as writer:
+        writer.write_model({"type": "head", "head": "linear", "in_dim": 4, "out_dim": 2},
+                           {"net.weight": np.zeros((2, 4), np.float32)})
+    out = tmp_path / "m.h5"
+    result = invoke(runner, *_without_weights(args(workspace, "--init", str(head_model), "-o", str(out))))
+    assert result.exit_code == 2, result.output
+    assert "expected a fine-tuned model" in result.stderr and not out.exists()
