@@ -189,9 +189,13 @@ def describe(path: Path) -> dict[str, Any]:
     }
     if summary["model"] is not None:
         architecture = summary["model"]["architecture"]
+        # A fine-tuned model nests its head's architecture next to the backbone's name and input size.
+        head = architecture["head"] if isinstance(architecture.get("head"), dict) else architecture
         info["model"] = {"parameters": summary["model"]["parameters"],
-                         **{key: architecture.get(key) for key in ("head", "in_dim", "out_dim", "hidden", "output",
-                                                                   "produces")}}
+                         **{key: head.get(key) for key in ("head", "in_dim", "out_dim", "hidden", "output")},
+                         "produces": architecture.get("produces"),
+                         **({"backbone": architecture.get("backbone"), "image_size": architecture.get("image_size"),
+                             "init": architecture.get("init")} if head is not architecture else {})}
     evaluations = [] if shown == "-" else records.read_records(path)
     info["evaluations"] = [{**{key: e.get(key) for key in ("map", "knn_accuracy", "precision_at", "map_at",
                                                               "selection", "recorded", "command")},
@@ -243,7 +247,10 @@ def render(info: Mapping[str, Any]) -> str:
         lines.append(f"classes ({len(names)}): {shown}")
     if info.get("model"):
         model = info["model"]
-        lines.append(f"model: {model.get('head')} head {model.get('in_dim')}→{model.get('out_dim')} "
+        backbone = (f"fine-tuned {model['backbone']} at {model.get('image_size')} px"
+                    f"{' (from ' + str(model['init']) + ')' if model.get('init') else ''} + "
+                    if model.get("backbone") else "")
+        lines.append(f"model: {backbone}{model.get('head')} head {model.get('in_dim')}→{model.get('out_dim')} "
                      f"(hidden {model.get('hidden')}, output {model.get('output')}, produces {model.get('produces')}), "
                      f"{model['parameters']:,} parameter values")
     lines.append("config:")

@@ -315,3 +315,10 @@ def test_init_from_a_head_model_is_refused(runner, workspace, tmp_path):
     result = invoke(runner, *_without_weights(args(workspace, "--init", str(head_model), "-o", str(out))))
     assert result.exit_code == 2, result.output
     assert "expected a fine-tuned model" in result.stderr and not out.exists()
+
+
+def test_info_describes_the_backbone_and_the_head(runner, reference):
+    result = invoke(runner, "info", reference)
+    assert result.exit_code == 0, result.output
+    assert "model: fine-tuned mobilenet_v2 at 16 px + linear head 1280→8 (hidden 512, output normalized, " \
+           "produces embeddings)" in result.stdout
