@@ -4,7 +4,7 @@ Nothing is recomputed: figures come from the artifacts' attributes (config, extr
 and from the ``.evals.json`` sidecars written by ``evaluate --record``. Next to the markdown file
 (``<stem>`` = its name without ``.md``) go, when there is something to draw:
 
-- ``<stem>.map-vs-bits.png``: recorded mAP of codes artifacts against code length, one line per
+- ``<stem>.map-vs-bits.png``: best recorded mAP of codes artifacts against code length, one line per
   hash method;
 - ``<stem>.miner-convergence.png``: validation mAP against cumulative training seconds from the
   history of embeddings artifacts trained with a miner, one line per miner;
@@ -141,16 +141,24 @@ def markdown(folder: Path, rows: Sequence[Mapping[str, Any]], skipped: Sequence[
 
 
 def map_vs_bits_series(rows: Sequence[Mapping[str, Any]]) -> dict[str, tuple[list[float], list[float]]]:
-    """Per hash method (qualified by dataset/backbone/protocol when several occur): bits -> mean recorded mAP."""
-    points = [r for r in rows if r["kind"] == "codes" and r["map"] is not None and r["bits"] and r["current"]]
-    qualifiers = [key for key in ("dataset", "backbone", "evaluation") if len({r[key] for r in points}) > 1]
+    """Per hash method (qualified by dataset/backbone/training/protocol when several occur): bits -> best recorded
+    mAP.
+
+    Codes from ``encode`` come from a head on frozen features, codes from ``extract --model`` from a fine-tuned
+    network: different series. Several artifacts of one series at one length (e.g. two stages of a run) give
+    their best value; a mean would describe no model.
+    """
+    points = [{**r, "training": "fine-tuned" if r["stage"] == "extract" else "head"}
+              for r in rows if r["kind"] == "codes" and r["map"] is not None and r["bits"] and r["current"]]
+    qualifiers = [key for key in ("dataset", "backbone", "training", "evaluation")
+                  if len({r[key] for r in points}) > 1]
     grouped: dict[str, dict[int, list[float]]] = defaultdict(lambda: defaultdict(list))
     for row in points:
         label = (row["method"] or "unknown").split(" + ")[0]
         if qualifiers:
             label += " (" + ", ".join(str(row[key]) for key in qualifiers) + ")"
         grouped[label][int(row["bits"])].append(float(row["map"]))
-    return {label: (sorted(by_bits), [sum(by_bits[b]) / len(by_bits[b]) for b in sorted(by_bits)])
+    return {label: (sorted(by_bits), [max(by_bits[b]) for b in sorted(by_bits)])
             for label, by_bits in sorted(grouped.items())}
 
 

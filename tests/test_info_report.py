@@ -216,3 +216,17 @@ def test_method_names_keep_scheduled_dtsh_apart():
                       "miner": None}) == "dtsh-schedule + random"
     assert method_of({"stage": "encode", "model_config": {"method": "dtsh", "lam_warmup": 2,
                                                           "miner": "all"}}) == "dtsh-schedule + all"
+
+
+def test_map_vs_bits_keeps_fine_tuned_codes_apart_and_takes_the_best_of_a_series():
+    from deephash_cli.report import map_vs_bits_series
+
+    def row(stage, bits, value, method="triplet-ranking + all", current=True):
+        return {"kind": "codes", "stage": stage, "bits": bits, "map": value, "method": method, "current": current,
+                "dataset": "imagefolder", "backbone": "mobilenet_v2", "evaluation": "splits/hamming"}
+
+    rows = [row("encode", 12, 0.6), row("encode", 48, 0.7), row("extract", 48, 0.8), row("extract", 48, 0.85),
+            row("extract", 48, 0.99, current=False), {**row("encode", 48, None), "kind": "model"}]
+    assert map_vs_bits_series(rows) == {"triplet-ranking (head)": ([12, 48], [0.6, 0.7]),
+                                        "triplet-ranking (fine-tuned)": ([48], [0.85])}
+    assert map_vs_bits_series(rows[:2]) == {"triplet-ranking": ([12, 48], [0.6, 0.7])}
