@@ -257,19 +257,27 @@ def plot_tsne(
 
 def _train_options(epochs: int, batch_size: int, lr: float, optimizer: str, weight_decay: float, seed: int,
                    early_stopping: Optional[int], miner: str, classes_per_batch: int, samples_per_class: int,
-                   miner_margin: float = 0.2):
+                   lr_milestones: str = "", lr_gamma: float = 0.1, miner_margin: float = 0.2):
     from deephash_cli.train import TrainOptions
 
+    try:
+        milestones = tuple(int(part) for part in lr_milestones.split(",") if part.strip())
+    except ValueError:
+        raise DeephashError(f"--lr-milestones expects comma-separated epochs (e.g. 6,9), got '{lr_milestones}'") \
+            from None
     return TrainOptions(epochs=epochs, batch_size=batch_size, lr=lr, optimizer=optimizer, weight_decay=weight_decay,
                         seed=seed, early_stopping=early_stopping, miner=None if miner == "random" else miner,
                         classes_per_batch=classes_per_batch, samples_per_class=samples_per_class,
-                        margin=miner_margin)
+                        margin=miner_margin, lr_milestones=milestones, lr_gamma=lr_gamma)
 
 
 EPOCHS = typer.Option(20, help="Training epochs (an epoch: one random triplet per training item, or "
                       "n/(P·K) mined batches).")
 BATCH = typer.Option(256, help="Triplets per step with --miner random (mined batches are P×K items).")
 LR = typer.Option(1e-3, help="Learning rate.")
+LR_MILESTONES = typer.Option("", help="Step decay: comma-separated epochs after which every learning rate is "
+                             "multiplied by --lr-gamma (e.g. 6,9). Default: constant rates.")
+LR_GAMMA = typer.Option(0.1, help="Learning-rate factor applied at each --lr-milestones epoch.")
 OPTIMIZER = typer.Option("adam", help="adam or sgd (Nesterov momentum 0.9).")
 WEIGHT_DECAY = typer.Option(0.0, help="L2 weight decay.")
 SEED = typer.Option(0, help="Seed of initialisation, validation split, triplets and batches.")
@@ -305,6 +313,8 @@ def train_triplet(
     epochs: int = EPOCHS,
     batch_size: int = BATCH,
     lr: float = LR,
+    lr_milestones: str = LR_MILESTONES,
+    lr_gamma: float = LR_GAMMA,
     optimizer: str = OPTIMIZER,
     weight_decay: float = WEIGHT_DECAY,
     early_stopping: Optional[int] = EARLY,
@@ -317,7 +327,7 @@ def train_triplet(
     from deephash_cli.train_stages import run_train_triplet
 
     options = _train_options(epochs, batch_size, lr, optimizer, weight_decay, seed, early_stopping, miner,
-                             classes_per_batch, samples_per_class)
+                             classes_per_batch, samples_per_class, lr_milestones=lr_milestones, lr_gamma=lr_gamma)
     with _streams() as io:
         source = io.input(features)
         out = io.output(output, lambda: _default_output(f"{io.stem(features)}.triplet-{loss}.h5"))
@@ -358,6 +368,8 @@ def train_hash(
     epochs: int = EPOCHS,
     batch_size: int = BATCH,
     lr: float = LR,
+    lr_milestones: str = LR_MILESTONES,
+    lr_gamma: float = LR_GAMMA,
     optimizer: str = OPTIMIZER,
     weight_decay: float = WEIGHT_DECAY,
     early_stopping: Optional[int] = EARLY,
@@ -372,7 +384,7 @@ def train_hash(
     from deephash_cli.ui import stderr_console
 
     options = _train_options(epochs, batch_size, lr, optimizer, weight_decay, seed, early_stopping, miner,
-                             classes_per_batch, samples_per_class)
+                             classes_per_batch, samples_per_class, lr_milestones=lr_milestones, lr_gamma=lr_gamma)
     hash_options = HashOptions(alpha=alpha, lam=lam, lam_warmup=lam_warmup, alpha_ramp=alpha_ramp,
                                margin=ranking_margin)
     with _streams() as io:
@@ -466,6 +478,8 @@ def finetune(
                                "per training item). May be raised on --resume."),
     batch_size: int = BATCH,
     lr: float = typer.Option(1e-3, help="Learning rate of the head."),
+    lr_milestones: str = LR_MILESTONES,
+    lr_gamma: float = LR_GAMMA,
     lr_backbone: float = typer.Option(1e-4, help="Learning rate of the backbone (0 keeps its weights fixed)."),
     optimizer: str = OPTIMIZER,
     weight_decay: float = WEIGHT_DECAY,
@@ -493,7 +507,7 @@ def finetune(
     from deephash_cli.ui import stderr_console
 
     options = _train_options(epochs, batch_size, lr, optimizer, weight_decay, seed, early_stopping, miner,
-                             classes_per_batch, samples_per_class)
+                             classes_per_batch, samples_per_class, lr_milestones=lr_milestones, lr_gamma=lr_gamma)
     hash_options = HashOptions(alpha=alpha, lam=lam, lam_warmup=lam_warmup, alpha_ramp=alpha_ramp,
                                margin=ranking_margin)
     out = output or _default_output(f"{dataset}-{backbone}.finetune-{objective}.model.h5")

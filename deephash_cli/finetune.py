@@ -320,7 +320,9 @@ def run_finetune(output: Path, *, objective: str, dataset: str, data_dir: str | 
         "image_size": image_size, "mean": mean_rgb, "std": std_rgb, "head": head, "dim": out_dim,
         "hidden": hidden, "hash_options": getattr(hash_options, "__dict__", None) if objective == "hash" else None,
         **extra, "val_fraction": val_fraction, "lr_backbone": lr_backbone, "freeze_bn": freeze_bn, "amp": amp,
-        **{k: v for k, v in options.__dict__.items() if k not in ("epochs", "early_stopping", "margin")}}))
+        **{k: v for k, v in options.__dict__.items() if k not in ("epochs", "early_stopping", "margin")
+           # without a schedule the schedule keys stay out, so checkpoints made before they existed still resume
+           and not (k in ("lr_milestones", "lr_gamma") and not options.lr_milestones)}}))
     checkpoint = None
     if resume and output.exists():
         checkpoint = read_resume(output, fingerprint)

@@ -51,6 +51,8 @@ class TrainOptions:
     samples_per_class: int = 25
     triplets_per_epoch: int | None = None  # random mode; default: one per training item
     margin: float = 0.2  # the miners' margin (semi-hard window, random-hard loss test)
+    lr_milestones: tuple[int, ...] = ()  # step decay: after each of these epochs, learning rates × lr_gamma
+    lr_gamma: float = 0.1
 
     def check(self) -> None:
         """Raise DeephashError for impossible values."""
@@ -66,6 +68,21 @@ class TrainOptions:
             raise DeephashError(f"--early-stopping must be positive, got {self.early_stopping}")
         if self.miner is not None:
             MINERS.get(self.miner)
+        milestones = list(self.lr_milestones)
+        if any(m <= 0 for m in milestones) or milestones != sorted(set(milestones)):
+            raise DeephashError(f"--lr-milestones must be increasing positive epochs, got "
+                                f"{','.join(map(str, milestones))}")
+        if not 0 < self.lr_gamma <= 1:
+            raise DeephashError(f"--lr-gamma must lie in (0, 1], got {self.lr_gamma}")
+
+
+def lr_factor(epoch: int, milestones: tuple[int, ...] | list[int], gamma: float) -> float:
+    """The learning-rate multiplier of ``epoch`` (1-based): gamma to the number of milestones already passed.
+
+    Milestone m means: epochs 1..m train at the base rates, epoch m+1 onwards at base × gamma.
+    A pure function of the epoch, so a resumed run uses the same rates as an uninterrupted one.
+    """
+    return gamma ** sum(1 for m in milestones if epoch > m)
 
 
 @dataclass
@@ -124,7 +141,8 @@ def fit(model: nn.Module, loss_fn: nn.Module, train_x: torch.Tensor, train_y: to
     """Train ``model`` with ``loss_fn`` on (train_x (n, d), train_y (n,)); keep the best validation epoch.
 
     ``before_epoch(epoch)`` may change schedule-driven attributes (e.g. DTSH's α, λ) and returns
-    them for the history. ``on_step(items, loss)`` and ``on_epoch(row)`` report progress.
+    them for the history. ``options.lr_milestones`` multiply every group's learning rate by
+    ``options.lr_gamma`` after each milestone epoch (logged as ``lr_factor``). ``on_step(items, loss)`` and ``on_epoch(row)`` report progress.
 
     Fine-tuning hooks: ``embed_rows(rows, epoch, step)`` returns the embeddings (with gradient)
     of training items ``rows`` instead of ``model(train_x[rows])`` (``train_x`` may then be None);
@@ -145,6 +163,7 @@ def fit(model: nn.Module, loss_fn: nn.Module, train_x: torch.Tensor, train_y: to
         sampler = PKBatchSampler(labels_np, options.classes_per_batch, options.samples_per_class, seed=options.seed)
     triplets_per_epoch = options.triplets_per_epoch or len(labels_np)
     optimizer = make_optimizer(model.parameters() if parameters is None else parameters, options)
+    base_lrs = [group["lr"] for group in optimizer.param_groups]  # before a checkpoint's (decayed) rates load
     scaler = torch.amp.GradScaler(device.type, enabled=amp)
     reduction_override = "positive_mean" if miner is not None and miner.positive_mean else None
     if embed_rows is None:
@@ -167,6 +186,11 @@ def fit(model: nn.Module, loss_fn: nn.Module, train_x: torch.Tensor, train_y: to
         if stopped:
             break
         schedule = before_epoch(epoch) if before_epoch else {}
+        if options.lr_milestones:
+            factor = lr_factor(epoch, options.lr_milestones, options.lr_gamma)
+            for group, base_lr in zip(optimizer.param_groups, base_lrs):
+                group["lr"] = base_lr * factor
+            schedule = {**schedule, "lr_factor": factor}
         start = time.perf_counter()
         model.train()
         loss_sum, active_sum, steps = 0.0, 0.0, 0

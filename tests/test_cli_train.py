@@ -131,6 +131,9 @@ def test_codes_given_as_features(runner, tmp_path, command):
     (["--loss", "dtsh"], "is a hashing loss"),
     (["--loss", "arcface"], "unknown loss 'arcface'; valid names: hoffer, facenet, contrastive"),
     (["--miner", "easy"], "unknown miner 'easy'; valid names: all, hardest, semihard"),
+    (["--lr-milestones", "5,3"], "--lr-milestones must be increasing positive epochs, got 5,3"),
+    (["--lr-milestones", "x"], "--lr-milestones expects comma-separated epochs (e.g. 6,9), got 'x'"),
+    (["--lr-gamma", "0"], "--lr-gamma must lie in (0, 1], got 0.0"),
 ])
 def test_train_triplet_bad_options(runner, tmp_path, features_file, args, message):
     out = tmp_path / "o.h5"
@@ -220,3 +223,37 @@ def test_collapsed_embeddings_warn_once():
                                                           samples_per_class=5, lr=1e-9),
         validate=lambda m: 0.0, warn=messages.append)
     assert len(messages) == 1 and "collapsed" in messages[0]
+
+
+def test_lr_factor_steps_after_each_milestone():
+    from deephash_cli.train import lr_factor
+
+    assert [lr_factor(epoch, (2, 4), 0.1) for epoch in range(1, 7)] == pytest.approx([1, 1, 0.1, 0.1, 0.01, 0.01])
+    assert lr_factor(9, (), 0.1) == 1
+
+
+def test_fit_decays_learning_rates_after_milestones_and_resumes_into_the_schedule():
+    import copy
+
+    from deephash_cli.losses import FaceNetTripletLoss
+
+    torch.manual_seed(0)
+    x, y = torch.randn(40, 4), torch.arange(40) % 4
+    options = TrainOptions(epochs=3, batch_size=16, lr=1e-2, lr_milestones=(1, 2), lr_gamma=0.5)
+
+    def run(resume=None):
+        torch.manual_seed(1)
+        model = torch.nn.Linear(4, 3)
+        checkpoints = []  # deep copies: the loop goes on mutating its tensors
+        result = fit(model, FaceNetTripletLoss(0.2), x, y, options, validate=lambda m: 0.0, resume=resume,
+                     on_checkpoint=lambda checkpoint: checkpoints.append(copy.deepcopy(checkpoint)))
+        return result, checkpoints
+
+    result, checkpoints = run()
+    assert [row["lr_factor"] for row in result.history] == [1.0, 0.5, 0.25]
+    assert [c.optimizer["param_groups"][0]["lr"] for c in checkpoints] == pytest.approx([1e-2, 5e-3, 2.5e-3])
+    # Resumed after epoch 2, whose checkpoint holds an already decayed rate: epoch 3 still gets base × 0.25.
+    _, resumed = run(resume=checkpoints[1])
+    assert [c.optimizer["param_groups"][0]["lr"] for c in resumed] == pytest.approx([2.5e-3])
+    for name, value in checkpoints[-1].model.items():
+        assert torch.equal(resumed[-1].model[name], value), name

@@ -162,6 +162,21 @@ def test_resume_with_another_configuration_names_the_keys(runner, workspace, ref
     assert reference.read_bytes() == before
 
 
+def test_step_decay_is_logged_and_part_of_the_configuration(runner, workspace, reference, tmp_path):
+    out = tmp_path / "decay.model.h5"
+    result = invoke(runner, *args(workspace, "--epochs", "2", "--lr-milestones", "1", "--lr-gamma", "0.5",
+                                  "-o", str(out)))
+    assert result.exit_code == 0, result.output
+    assert [row["lr_factor"] for row in read_artifact(out).history] == [1.0, 0.5]
+    state, _ = read_checkpoint(out)
+    assert [group["lr"] for group in state["optimizer"]["param_groups"]] == pytest.approx([5e-4, 5e-4])
+    # A run without a schedule fingerprints no schedule keys; adding one on --resume is a change of config.
+    copy = tmp_path / "copy.model.h5"
+    copy.write_bytes(reference.read_bytes())
+    result = invoke(runner, *args(workspace, "--epochs", "3", "--lr-milestones", "2", "-o", str(copy), "--resume"))
+    assert result.exit_code == 2 and "lr_milestones None (checkpoint) vs [2] (now)" in result.stderr
+
+
 def _free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
