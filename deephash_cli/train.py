@@ -142,7 +142,8 @@ def fit(model: nn.Module, loss_fn: nn.Module, train_x: torch.Tensor, train_y: to
 
     ``before_epoch(epoch)`` may change schedule-driven attributes (e.g. DTSH's α, λ) and returns
     them for the history. ``options.lr_milestones`` multiply every group's learning rate by
-    ``options.lr_gamma`` after each milestone epoch (logged as ``lr_factor``). ``on_step(items, loss)`` and ``on_epoch(row)`` report progress.
+    ``options.lr_gamma`` after each milestone epoch (logged as ``lr_factor``). ``on_step(items,
+    loss)`` and ``on_epoch(row)`` report progress.
 
     Fine-tuning hooks: ``embed_rows(rows, epoch, step)`` returns the embeddings (with gradient)
     of training items ``rows`` instead of ``model(train_x[rows])`` (``train_x`` may then be None);
