@@ -1,6 +1,7 @@
 """The one module that reads and writes deephash HDF5 artifacts.
 
-Layout (format_version 1; the public contract is documented in docs/format.md):
+Layout (format_version 2; version 1 files, which lack ``paths``, are still read; the public contract is
+documented in docs/format.md):
 
     /                       attrs: format="deephash", format_version, kind, created, generator,
                                    command, config (JSON), versions (JSON),
@@ -9,9 +10,13 @@ Layout (format_version 1; the public contract is documented in docs/format.md):
     /<split>                one group per split: train, test, and val when a stage carves one
         labels              (n,) int64, 0 <= label < c
         index               (n,) int64, position of the item in the source dataset
+        paths               (n,) UTF-8 strings, the item's name (version 2; optional): imagefolder: the file path
+                            relative to --data-dir; built-in datasets: e.g. cifar10/train/123
         features            (n, d) float32           (kinds features, embeddings)
         codes               (n, ceil(bits/8)) uint8  (kind codes), attr bits; numpy.packbits order
     /model                  (kind model) attrs: architecture (JSON); datasets: parameters/<name>
+    /index                  (kind index) attr spec (JSON); dataset faiss: the serialized faiss index, (nbytes,) uint8
+    /items                  (kind index) labels, index, paths, source (int32) and vectors of the indexed items
     /checkpoint             optional (finetune): attr state (JSON); model/, optimizer/, rng/ datasets
     /history                optional (n_epochs,) compound table of training history
 
@@ -41,8 +46,9 @@ from deephash_cli import __version__
 from deephash_cli.errors import DeephashError
 
 FORMAT = "deephash"
-FORMAT_VERSION = 1
-KINDS = ("features", "embeddings", "codes", "model")
+FORMAT_VERSION = 2
+READABLE_VERSIONS = (1, 2)
+KINDS = ("features", "embeddings", "codes", "model", "index")
 SPLITS = ("train", "val", "test")
 HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
 
@@ -55,7 +61,8 @@ class Split:
     """One split of an artifact, fully loaded.
 
     labels (n,) int64; index (n,) int64; and either features (n, d) float32 or
-    codes (n, ceil(bits/8)) uint8 with ``bits``.
+    codes (n, ceil(bits/8)) uint8 with ``bits``; ``paths`` (n,) str item names, None for
+    format-version-1 files (then the dataset index names an item).
     """
 
     labels: np.ndarray
@@ -63,6 +70,19 @@ class Split:
     features: np.ndarray | None = None
     codes: np.ndarray | None = None
     bits: int | None = None
+    paths: np.ndarray | None = None
+
+    def subset(self, rows: np.ndarray) -> "Split":
+        """The items at ``rows``, every array (paths included) taken along."""
+        take = (lambda a: None if a is None else a[rows])
+        return Split(self.labels[rows], self.index[rows], features=take(self.features), codes=take(self.codes),
+                     bits=self.bits, paths=take(self.paths))
+
+    def names(self) -> list[str]:
+        """A printable name per item: its path, or ``#<dataset index>`` when the file has no paths."""
+        if self.paths is not None:
+            return [str(p) for p in self.paths]
+        return [f"#{i}" for i in self.index.tolist()]
 
     def __len__(self) -> int:
         return int(self.labels.shape[0])
@@ -239,20 +259,43 @@ class ArtifactWriter:
         return self
 
     def create_split(self, name: str, n: int, *, dim: int | None = None, bits: int | None = None,
-                     resizable: bool = False) -> "SplitWriter":
-        """Create group ``name`` sized for ``n`` items of ``features (n, dim)`` or ``codes`` of ``bits``."""
+                     resizable: bool = False, paths: bool = False) -> "SplitWriter":
+        """Create group ``name`` sized for ``n`` items of ``features (n, dim)`` or ``codes`` of ``bits``
+        (``paths``: the split also stores each item's name)."""
         assert self.file is not None, "use ArtifactWriter as a context manager"
         if name not in SPLITS:
             raise ValueError(f"split must be one of {SPLITS}, got {name!r}")
-        writer = SplitWriter(self.file.create_group(name), n, dim=dim, bits=bits, resizable=resizable)
+        writer = SplitWriter(self.file.create_group(name), n, dim=dim, bits=bits, resizable=resizable, paths=paths)
         self._splits[name] = writer
         return writer
 
     def write_split(self, name: str, split: Split) -> None:
-        """Write a whole in-memory split at once."""
+        """Write a whole in-memory split at once (with its paths when it has them)."""
         writer = self.create_split(name, len(split), dim=None if split.features is None else split.features.shape[1],
-                                   bits=split.bits if split.codes is not None else None)
-        writer.write(split.data, split.labels, split.index)
+                                   bits=split.bits if split.codes is not None else None,
+                                   paths=split.paths is not None)
+        writer.write(split.data, split.labels, split.index, split.paths)
+
+    def write_index(self, spec: Mapping[str, Any], serialized: np.ndarray, items: "IndexItems",
+                    encoder: Mapping[str, Any], sources: list[Mapping[str, Any]]) -> None:
+        """Kind ``index``: the serialized faiss index as a (nbytes,) uint8 dataset (faiss's own format, never
+        pickle), its ``spec`` (JSON), the items it holds, the encoder that makes queries and the sources."""
+        assert self.file is not None
+        serialized = np.ascontiguousarray(serialized, dtype=np.uint8).reshape(-1)
+        group = self.file.require_group("index")
+        group.attrs["spec"] = json.dumps(dict(spec), sort_keys=True, default=str)
+        group.create_dataset("faiss", data=serialized)
+        self.file.attrs["encoder"] = json.dumps(dict(encoder), sort_keys=True, default=str)
+        self.file.attrs["sources"] = json.dumps([dict(s) for s in sources], sort_keys=True, default=str)
+        out = self.file.require_group("items")
+        out.create_dataset("labels", data=items.labels.astype(np.int64))
+        out.create_dataset("index", data=items.index.astype(np.int64))
+        out.create_dataset("source", data=items.source.astype(np.int32))
+        out.create_dataset("paths", data=np.asarray(items.paths, dtype=object), dtype=h5py.string_dtype())
+        if items.vectors is not None:
+            vectors = out.create_dataset("vectors", data=items.vectors)
+            if items.bits is not None:
+                vectors.attrs["bits"] = int(items.bits)
 
     def write_model(self, architecture: Mapping[str, Any], parameters: Mapping[str, np.ndarray]) -> None:
         """Store a network without pickle: ``architecture`` as JSON, each tensor as a dataset."""
@@ -313,7 +356,8 @@ class ArtifactWriter:
 class SplitWriter:
     """Appends chunks of (data, labels, index) to one split; checks the final count."""
 
-    def __init__(self, group: h5py.Group, n: int, *, dim: int | None, bits: int | None, resizable: bool) -> None:
+    def __init__(self, group: h5py.Group, n: int, *, dim: int | None, bits: int | None, resizable: bool,
+                 paths: bool = False) -> None:
         if (dim is None) == (bits is None):
             raise ValueError("give exactly one of dim (features) or bits (codes)")
         self.group = group
@@ -322,6 +366,8 @@ class SplitWriter:
         maxshape_n = None if resizable else n
         self.labels = group.create_dataset("labels", shape=(n,), maxshape=(maxshape_n,), dtype=np.int64)
         self.index = group.create_dataset("index", shape=(n,), maxshape=(maxshape_n,), dtype=np.int64)
+        self.paths = (group.create_dataset("paths", shape=(n,), maxshape=(maxshape_n,), dtype=h5py.string_dtype())
+                      if paths else None)
         if dim is not None:
             chunks = (max(1, min(n, 1024)), dim) if n else None
             self.data = group.create_dataset("features", shape=(n, dim), maxshape=(maxshape_n, dim),
@@ -332,25 +378,33 @@ class SplitWriter:
                                              dtype=np.uint8)
             self.data.attrs["bits"] = int(bits)
 
-    def write(self, data: np.ndarray, labels: np.ndarray, index: np.ndarray) -> None:
-        """Append ``len(labels)`` rows."""
+    def write(self, data: np.ndarray, labels: np.ndarray, index: np.ndarray,
+              paths: np.ndarray | list[str] | None = None) -> None:
+        """Append ``len(labels)`` rows (and their names, when the split stores paths)."""
         m = len(labels)
         if len(data) != m or len(index) != m:
             raise ValueError(f"chunk lengths differ: data {len(data)}, labels {m}, index {len(index)}")
+        if (paths is None) != (self.paths is None):
+            raise ValueError("paths must be given exactly when the split was created with paths=True")
+        if paths is not None and len(paths) != m:
+            raise ValueError(f"chunk lengths differ: paths {len(paths)}, labels {m}")
         end = self.offset + m
         if end > self.labels.shape[0]:
             raise ValueError(f"split overflow: {end} rows written into a split sized {self.labels.shape[0]}")
         self.data[self.offset:end] = data
         self.labels[self.offset:end] = labels
         self.index[self.offset:end] = index
+        if self.paths is not None:
+            self.paths[self.offset:end] = np.asarray([str(p) for p in paths], dtype=object)
         self.offset = end
 
     def finish(self, name: str) -> None:
         """Shrink a resizable split to what was written (e.g. after skipping corrupt images)."""
         if self.offset != self.labels.shape[0]:
             if self.labels.maxshape[0] is None:
-                for dataset in (self.labels, self.index, self.data):
-                    dataset.resize(self.offset, axis=0)
+                for dataset in (self.labels, self.index, self.data, self.paths):
+                    if dataset is not None:
+                        dataset.resize(self.offset, axis=0)
             else:
                 raise ValueError(f"split '{name}': wrote {self.offset} rows, expected {self.labels.shape[0]}")
 
@@ -402,9 +456,9 @@ def _check_header(handle: h5py.File, path: str) -> dict[str, Any]:
         raise DeephashError(f"{path}: not a deephash artifact (expected attribute format='{FORMAT}', found "
                             f"{fmt!r})")
     version = int(attrs.get("format_version", -1))
-    if version != FORMAT_VERSION:
-        raise DeephashError(f"{path}: format_version {version} is not supported (this deephash reads version "
-                            f"{FORMAT_VERSION})")
+    if version not in READABLE_VERSIONS:
+        raise DeephashError(f"{path}: format_version {version} is not supported (this deephash reads versions "
+                            f"{', '.join(map(str, READABLE_VERSIONS))})")
     kind = _decode(attrs.get("kind", None))
     if kind not in KINDS:
         raise DeephashError(f"{path}: unknown artifact kind {kind!r} (expected one of {', '.join(KINDS)})")
@@ -465,6 +519,7 @@ def _read_split(group: h5py.Group, where: str, kind: str, n_classes: int) -> Spl
     if n_classes and len(labels) and (labels.min() < 0 or labels.max() >= n_classes):
         raise DeephashError(f"{where}/labels: values must lie in 0..{n_classes - 1}, found "
                             f"{labels.min()}..{labels.max()}")
+    paths = _read_paths(group, where, len(labels))
     if kind == "codes":
         if "codes" not in group:
             raise DeephashError(f"{where}: expected dataset 'codes' in a codes artifact, found "
@@ -478,7 +533,7 @@ def _read_split(group: h5py.Group, where: str, kind: str, n_classes: int) -> Spl
             raise DeephashError(f"{where}/codes: attribute bits={bits} does not fit {codes.shape[1]} bytes per code")
         if codes.shape[0] != labels.shape[0]:
             raise DeephashError(f"{where}: labels has {labels.shape[0]} rows but codes has {codes.shape[0]}")
-        return Split(labels=labels, index=index, codes=codes, bits=bits)
+        return Split(labels=labels, index=index, codes=codes, bits=bits, paths=paths)
     if kind in ("features", "embeddings"):
         if "features" not in group:
             raise DeephashError(f"{where}: expected dataset 'features' in a {kind} artifact, found "
@@ -494,8 +549,104 @@ def _read_split(group: h5py.Group, where: str, kind: str, n_classes: int) -> Spl
             bad_rows = np.flatnonzero(~finite.all(axis=1))
             raise DeephashError(f"{where}/features: {len(bad_rows)} rows hold NaN or infinite values "
                                 f"(first at row {bad_rows[0]})")
-        return Split(labels=labels, index=index, features=features)
+        return Split(labels=labels, index=index, features=features, paths=paths)
     raise DeephashError(f"{where}: a {kind} artifact has no splits")
+
+
+def _read_paths(group: h5py.Group, where: str, n: int) -> np.ndarray | None:
+    """``paths`` of a split or of an index's items: (n,) str object array, None when absent (format 1)."""
+    if "paths" not in group:
+        return None
+    dataset = group["paths"]
+    if dataset.ndim != 1 or dataset.shape[0] != n or dataset.dtype.kind not in ("O", "S", "U"):
+        raise DeephashError(f"{where}/paths: expected ({n},) UTF-8 strings, found {dataset.shape} {dataset.dtype}")
+    return np.asarray([_decode(p) for p in dataset[()]], dtype=object)
+
+
+@dataclass
+class IndexItems:
+    """The items of an index, in faiss id order: labels, dataset index, names (paths), source (position in the
+    index's ``sources`` list) and, unless left out, their vectors (codes with ``bits``, or float features)."""
+
+    labels: np.ndarray
+    index: np.ndarray
+    paths: np.ndarray
+    source: np.ndarray
+    vectors: np.ndarray | None = None
+    bits: int | None = None
+
+    def __len__(self) -> int:
+        return int(self.labels.shape[0])
+
+
+@dataclass
+class IndexArtifact:
+    """A loaded ``index`` artifact: header, class names, faiss spec and bytes, encoder, sources and items."""
+
+    path: str
+    attrs: dict[str, Any]
+    class_names: list[str]
+    spec: dict[str, Any]
+    serialized: np.ndarray
+    encoder: dict[str, Any]
+    sources: list[dict[str, Any]]
+    items: IndexItems
+
+
+def read_index(path: str | os.PathLike[str]) -> IndexArtifact:
+    """Load and validate an ``index`` artifact (``deephash index``); other kinds are a DeephashError."""
+    path = str(path)
+    with open_checked(path) as handle:
+        header = _check_header(handle, path)
+        if header["kind"] != "index":
+            raise DeephashError(f"{path}: expected an index artifact (deephash index), found kind '{header['kind']}'")
+        for name in ("index", "items", "class_names"):
+            if name not in handle:
+                raise DeephashError(f"{path}: index artifact without /{name}")
+        group, items = handle["index"], handle["items"]
+        if "faiss" not in group:
+            raise DeephashError(f"{path}:/index: missing dataset 'faiss' (the serialized faiss index)")
+        serialized = group["faiss"]
+        if serialized.dtype != np.uint8 or serialized.ndim != 1:
+            raise DeephashError(f"{path}:/index/faiss: expected (nbytes,) uint8, found {serialized.shape} "
+                                f"{serialized.dtype}")
+        spec = _json_attr(group.attrs, "spec", None)
+        if not isinstance(spec, dict):
+            raise DeephashError(f"{path}:/index: attribute 'spec' is missing or not a JSON object")
+        class_names = [_decode(x) for x in handle["class_names"][()]]
+        for name in ("labels", "index", "source"):
+            if name not in items:
+                raise DeephashError(f"{path}:/items: missing dataset '{name}'")
+        labels = items["labels"][()].astype(np.int64)
+        n = int(labels.shape[0])
+        index = items["index"][()].astype(np.int64)
+        source = items["source"][()].astype(np.int64)
+        if index.shape != (n,) or source.shape != (n,):
+            raise DeephashError(f"{path}:/items: labels has {n} rows but index has {index.shape[0]} and source "
+                                f"{source.shape[0]}")
+        paths = _read_paths(items, f"{path}:/items", n)
+        vectors, bits = None, None
+        if "vectors" in items:
+            dataset = items["vectors"]
+            vectors = dataset[()]
+            bits = int(dataset.attrs["bits"]) if "bits" in dataset.attrs else None
+            if vectors.ndim != 2 or vectors.shape[0] != n:
+                raise DeephashError(f"{path}:/items/vectors: expected ({n}, width), found {vectors.shape}")
+        sources = _json_attr(handle.attrs, "sources", [])
+        encoder = _json_attr(handle.attrs, "encoder", {})
+        if not isinstance(sources, list) or not all(isinstance(s, dict) for s in sources):
+            raise DeephashError(f"{path}: attribute 'sources' is not a JSON list of objects")
+        if n and (source.min() < 0 or source.max() >= len(sources)):
+            raise DeephashError(f"{path}:/items/source: values must lie in 0..{len(sources) - 1}, found "
+                                f"{source.min()}..{source.max()}")
+        if n and (labels.min() < 0 or labels.max() >= len(class_names)):
+            raise DeephashError(f"{path}:/items/labels: values must lie in 0..{len(class_names) - 1}")
+        return IndexArtifact(path=path, attrs=header, class_names=class_names, spec=spec,
+                             serialized=serialized[()], encoder=encoder if isinstance(encoder, dict) else {},
+                             sources=sources,
+                             items=IndexItems(labels, index, paths if paths is not None else
+                                              np.asarray([f"#{i}" for i in index.tolist()], dtype=object),
+                                              source, vectors, bits))
 
 
 def read_checkpoint(path: str | os.PathLike[str]) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
@@ -541,6 +692,12 @@ def read_summary(path: str | os.PathLike[str]) -> dict[str, Any]:
                 "bits": int(dataset.attrs["bits"]) if "bits" in dataset.attrs else None}
         if "history" in handle:
             summary["history"] = _json_attr(handle["history"].attrs, "rows", [])
+        if header["kind"] == "index" and "index" in handle and "items" in handle:
+            summary["index"] = {"spec": _json_attr(handle["index"].attrs, "spec", {}),
+                                "items": int(handle["items"]["labels"].shape[0]),
+                                "bytes": int(handle["index"]["faiss"].shape[0]) if "faiss" in handle["index"] else 0,
+                                "encoder": _json_attr(handle.attrs, "encoder", {}),
+                                "sources": _json_attr(handle.attrs, "sources", [])}
         if "model" in handle:
             group = handle["model"]
             parameters = group["parameters"] if "parameters" in group else {}

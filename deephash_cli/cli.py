@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import sys
 import traceback
 from pathlib import Path
@@ -63,6 +64,13 @@ def command(name: str, **kwargs) -> Callable:
             except KeyboardInterrupt:
                 typer.echo("error: interrupted", err=True)
                 raise typer.Exit(130) from None
+            except BrokenPipeError:
+                # The reader went away (`deephash search ... | head`): stop quietly, like other Unix tools.
+                try:
+                    sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - nothing more may reach the closed pipe
+                except OSError:
+                    pass
+                raise typer.Exit(141) from None
             except Exception as err:  # noqa: BLE001 - last line of defence, tracebacks only with --debug
                 if _STATE["debug"]:
                     traceback.print_exc(file=sys.stderr)
@@ -523,6 +531,118 @@ def finetune(
     stderr_console().print(f"best val mAP {summary['best_val_map']:.4f} at epoch {summary['best_epoch']} "
                            f"({summary['epochs_done']} epochs, {summary['seconds_per_epoch'] or 0:.1f} s/epoch)")
     typer.echo(str(out))
+
+
+# --------------------------------------------------------------------------- index / search
+
+
+def _index_types_help() -> str:
+    from deephash_cli.faiss_index import INDEX_TYPES
+
+    return "; ".join(f"{name}: {what} ({cls})" for name, (_, cls, what) in INDEX_TYPES.items())
+
+
+@command("index")
+def index(
+    artifact: Path = typer.Argument(..., help="A codes, embeddings or features artifact to index; with --add, the "
+                                    "index to extend." + STREAM_HELP),
+    output: Optional[Path] = typer.Option(None, "-o", "--output", help="Output index artifact. Default: "
+                                          "artifacts/<artifact>.index-<type>.h5; with --add, the index itself "
+                                          "(rewritten atomically)."),
+    add: Optional[Path] = typer.Option(None, "--add", help="Append the items of this artifact (new images, made by "
+                                       "the same encoder: backbone, weights, head, bits) to the index ARTIFACT."),
+    splits: Optional[str] = typer.Option(None, help="Comma-separated splits to put in the database. Default: "
+                                         "train,val (val when present), as evaluate's database; with --add every "
+                                         "split of the new artifact."),
+    index_type: str = typer.Option("flat", "--type", help="Index type. " + _index_types_help() + "; or "
+                                   "factory:STRING, a faiss factory string (index_binary_factory for codes)."),
+    metric: Optional[str] = typer.Option(None, help="Floats: l2 (squared euclidean, evaluate's default) or cosine "
+                                         "(1 − cos). Codes: hamming (the only choice). Default: hamming for codes, "
+                                         "l2 for floats."),
+    nlist: Optional[int] = typer.Option(None, help="ivf/ivfpq: inverted lists (default about 4·√n, at most n/39)."),
+    hnsw_m: int = typer.Option(32, help="hnsw: graph neighbours per node."),
+    nhash: Optional[int] = typer.Option(None, help="hash: hash tables (default bits/hash-bits)."),
+    hash_bits: Optional[int] = typer.Option(None, help="hash: bits per table key (default 16, at most the code "
+                                            "length)."),
+    pq_m: Optional[int] = typer.Option(None, help="ivfpq: sub-quantisers, bytes per item (default the largest "
+                                       "divisor of the dimension up to dim/8)."),
+    force: bool = typer.Option(False, help="Overwrite an existing output."),
+) -> None:
+    """Build a faiss index over a collection (the database splits of a codes/embeddings/features artifact), or
+    --add newly extracted items to one. The index records the encoder that makes queries from images."""
+    from deephash_cli.search_stages import run_index, run_index_add
+
+    with _streams() as io:
+        source = io.input(artifact)
+        if add is not None:
+            out = output or source
+            summary = run_index_add(source, io.input(add), out, splits=splits, force=force)
+            stderr = f"added {summary['added']} items: {summary['items']} in the index"
+        else:
+            out = output or _default_output(f"{io.stem(artifact)}.index-{index_type.replace(':', '-')}.h5")
+            summary = run_index(source, out, splits=splits or "train,val", index_type=index_type, metric=metric,
+                                parameters=dict(nlist=nlist, hnsw_m=hnsw_m, nhash=nhash, hash_bits=hash_bits,
+                                                pq_m=pq_m), force=force)
+            stderr = (f"indexed {summary['items']} items ({summary['type']}, {summary['bytes']:,} bytes; train "
+                      f"{summary['train']:.2f} s, add {summary['add']:.2f} s)")
+        from deephash_cli.ui import stderr_console
+
+        stderr_console().print(stderr)
+        typer.echo(str(out))
+
+
+@command("search")
+def search(
+    index_file: Path = typer.Argument(..., metavar="INDEX", help="An index artifact (deephash index)."),
+    images: Optional[List[str]] = typer.Argument(None, metavar="[QUERY]...", help="Query image files or folders "
+                                                 "(searched recursively); encoded with the index's own encoder."),
+    queries: Optional[Path] = typer.Option(None, "--queries", help="Query with a split of a codes/embeddings/"
+                                           "features artifact (made by the index's encoder) instead of images."),
+    query_split: str = typer.Option("test", help="The split of --queries to use."),
+    k: int = typer.Option(10, "-k", "--k", help="Results per query."),
+    nprobe: Optional[int] = typer.Option(None, help="ivf/ivfpq: inverted lists visited (faiss default 1)."),
+    ef: Optional[int] = typer.Option(None, help="hnsw: search breadth efSearch (faiss default 16)."),
+    nflip: Optional[int] = typer.Option(None, help="hash: bits flipped per table key (faiss default 0)."),
+    as_json: bool = typer.Option(False, "--json", help="JSON lines on stdout, one object per query."),
+    grid: Optional[Path] = typer.Option(None, "--grid", help="Also draw each query with its top-k thumbnails "
+                                        "(class under each; green/red frame when the query's class is known) "
+                                        "into this PNG (first 20 queries)."),
+    html_dir: Optional[Path] = typer.Option(None, "--html", help="Also write a static page DIR/index.html with "
+                                            "the same (thumbnails in DIR/thumbs)."),
+    check_recall: bool = typer.Option(False, "--check-recall", help="Print recall@k against exact (flat) search "
+                                      "over the stored item vectors (Hamming: ties at the k-th distance count)."),
+    skip_corrupt: bool = typer.Option(False, help="Leave out query images that fail to decode (warned) instead of "
+                                      "stopping at the first."),
+    batch_size: int = typer.Option(64, help="Query images per forward pass."),
+    device: str = DEVICE,
+    force: bool = typer.Option(False, help="Overwrite an existing --grid PNG or --html page."),
+) -> None:
+    """Search an index: the k most similar items of each query image (or artifact item), as a table (stdout),
+    JSON lines, a PNG grid or an HTML page."""
+    from deephash_cli.backbones import resolve_device
+    from deephash_cli.search_stages import print_results, run_search
+
+    for target in (grid, html_dir / "index.html" if html_dir is not None else None):
+        if target is not None and target.exists() and not force:
+            raise DeephashError(f"{target} exists; pass --force to overwrite it")
+    result = run_search(index_file, images=list(images or []), queries_path=queries, query_split=query_split, k=k,
+                        nprobe=nprobe, ef=ef, nflip=nflip, skip_corrupt=skip_corrupt, check_recall=check_recall,
+                        batch_size=batch_size, device=resolve_device(device))
+    if as_json:
+        for query in result["queries"]:
+            typer.echo(json.dumps(query))
+    else:
+        print_results(result, typer.echo)
+    if grid is not None:
+        from deephash_cli.gallery import save_grid
+
+        save_grid(result, grid, force=force)
+    if html_dir is not None:
+        from deephash_cli.gallery import save_html
+
+        save_html(result, html_dir, force=force)
+    if "recall" in result and as_json:
+        typer.echo(json.dumps({"recall": result["recall"]}))
 
 
 # --------------------------------------------------------------------------- info / report

@@ -196,6 +196,8 @@ def describe(path: Path) -> dict[str, Any]:
                          "produces": architecture.get("produces"),
                          **({"backbone": architecture.get("backbone"), "image_size": architecture.get("image_size"),
                              "init": architecture.get("init")} if head is not architecture else {})}
+    if summary.get("index"):
+        info["index"] = index_summary(summary["index"], Path(path))
     evaluations = [] if shown == "-" else records.read_records(path)
     info["evaluations"] = [{**{key: e.get(key) for key in ("map", "knn_accuracy", "precision_at", "map_at",
                                                               "selection", "recorded", "command")},
@@ -206,6 +208,25 @@ def describe(path: Path) -> dict[str, Any]:
     if config.get("stage") == "encode" and config.get("model"):
         info["model_link"] = check_link(str(config["model"]), config.get("model_sha256"), origin)
     return info
+
+
+def index_summary(index: Mapping[str, Any], path: Path) -> dict[str, Any]:
+    """An index artifact's faiss spec, counts, sources and encoder, each encoder file checked (ok, changed,
+    missing) where the index would look for it."""
+    encoder = dict(index.get("encoder") or {})
+    files = []
+    for role, ref in (("weights", (encoder.get("extractor") or {}).get("weights")),
+                      ("model", (encoder.get("extractor") or {}).get("model")),
+                      ("head model", (encoder.get("head") or {}).get("model"))):
+        if isinstance(ref, dict) and ref.get("path"):
+            candidates = [Path(os.path.normpath(path.parent / ref["relative"]))] if ref.get("relative") else []
+            candidates.append(Path(ref["path"]))
+            found = next((c for c in candidates if c.is_file()), None)
+            status = "missing" if found is None else (
+                "ok" if not ref.get("sha256") or artifacts.sha256_file(found) == ref["sha256"] else "changed")
+            files.append({"role": role, "path": str(found or candidates[-1]), "status": status,
+                          "expected_sha256": ref.get("sha256")})
+    return {**index, "encoder_files": files}
 
 
 def _fmt(value: Any) -> str:
@@ -234,17 +255,19 @@ def render(info: Mapping[str, Any]) -> str:
              f"  created   {info['created']} by {info['generator']}",
              f"  command   {info['command']}",
              f"  sha256    {info['sha256']}"]
-    lines.append("splits:")
+    lines.append("splits:" if info["kind"] != "index" else "splits: (an index holds items, below)")
     for name, split in info["splits"].items():
         shape = "×".join(str(n) for n in split["shape"])
         bits = f", {split['bits']} bits" if split.get("bits") else ""
         lines.append(f"  {name:<6} {split['rows']:>8} rows  {split['data']} {shape} {split['dtype']}{bits}")
-    if not info["splits"]:
+    if not info["splits"] and info["kind"] != "index":
         lines.append("  (none)")
     names = info["class_names"]
     if names:
         shown = ", ".join(names[:20]) + (f", … ({len(names)} in all)" if len(names) > 20 else "")
         lines.append(f"classes ({len(names)}): {shown}")
+    if info.get("index"):
+        lines += _index_lines(info["index"])
     if info.get("model"):
         model = info["model"]
         backbone = (f"fine-tuned {model['backbone']} at {model.get('image_size')} px"
@@ -280,6 +303,35 @@ def render(info: Mapping[str, Any]) -> str:
     if info.get("model_link"):
         lines.append("  model     " + _link_line(info["model_link"]))
     return "\n".join(lines)
+
+
+def _index_lines(index: Mapping[str, Any]) -> list[str]:
+    spec = index["spec"]
+    what = f"{spec.get('width')}-bit codes" if spec.get("binary") else f"{spec.get('width')}-d vectors"
+    params = ", ".join(f"{key} {spec[key]}" for key in ("nlist", "hnsw_m", "nhash", "hash_bits", "pq_m")
+                       if spec.get(key) is not None and (key != "hnsw_m" or spec.get("type") == "hnsw"))
+    per_item = index["bytes"] / max(index["items"], 1)
+    lines = [f"index: {spec.get('type')} ({spec.get('faiss_class')}) over {what}, metric {spec.get('metric')}"
+             + (f"; {params}" if params else ""),
+             f"  items     {index['items']:,} ({spec.get('trained_on', 0):,} when trained, "
+             f"{spec.get('added_after_training', 0):,} added after training)",
+             f"  size      {index['bytes']:,} bytes of faiss index ({per_item:.1f} per item)"]
+    for source in index.get("sources", []):
+        lines.append(f"  source    {source.get('artifact')} [{source.get('split')}] {source.get('rows')} rows"
+                     + (f", {source.get('dataset')}" if source.get("dataset") else "")
+                     + (f" at {source.get('data_root')}" if source.get("data_root") else ""))
+    encoder = index.get("encoder") or {}
+    extractor = encoder.get("extractor") or {}
+    if encoder.get("unavailable"):
+        lines.append(f"  encoder   unavailable: {encoder['unavailable']} (query with --queries ARTIFACT)")
+    else:
+        base = "fine-tuned model" if extractor.get("type") == "finetuned" else str(extractor.get("backbone"))
+        head = " + head model" if encoder.get("head") else ""
+        lines.append(f"  encoder   {base}{head} at {encoder.get('image_size')} px, mean {encoder.get('mean')}, "
+                     f"std {encoder.get('std')} -> {encoder.get('produces')}")
+    for file in index.get("encoder_files", []):
+        lines.append(f"  {file['role']:<9} {file['status']:<8} {file['path']}")
+    return lines
 
 
 def statuses(info: Mapping[str, Any]) -> Iterable[str]:

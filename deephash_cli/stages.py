@@ -32,6 +32,7 @@ def run_extract(output: Path, *, dataset: str, data_dir: str | None, backbone: s
     from deephash_cli.backbones import BACKBONES, build_backbone, resolve_device
     from deephash_cli.datasets import DATASETS, limit_per_class as limit, load_dataset
     from deephash_cli.extract import ExtractStats, extract_chunks, make_transform, parse_triple
+    from deephash_cli.items import names_by_index
 
     finetuned, architecture, kind = None, {}, "features"
     if model_path is not None:
@@ -62,7 +63,9 @@ def run_extract(output: Path, *, dataset: str, data_dir: str | None, backbone: s
         weights_info = {"model": artifacts.parent_reference(model_path, output),
                         "model_sha256": artifacts.sha256_file(model_path), "produces": kind,
                         "model_config": artifacts.read_header(model_path)["config"]}
-    config = {"stage": "extract", "dataset": dataset, "data_dir": data_dir, "backbone": backbone,
+    data_root = str(Path(data_dir).resolve()) if data_dir is not None else None
+    config = {"stage": "extract", "dataset": dataset, "data_dir": data_dir, "data_root": data_root,
+              "backbone": backbone,
               "layer": spec.layer, "dim": dim, **weights_info, "image_size": image_size, "mean": mean_rgb,
               "std": std_rgb, "batch_size": batch_size, "device": str(torch_device),
               "limit_per_class": limit_per_class, **{f"split_{k}": v for k, v in data.split_info.items()}}
@@ -71,8 +74,10 @@ def run_extract(output: Path, *, dataset: str, data_dir: str | None, backbone: s
     with artifacts.ArtifactWriter(output, kind=kind, class_names=data.class_names, config=config,
                                   parent=model_path, force=force) as writer:
         for name, source in sources.items():
+            names = names_by_index(dataset, name, source, data_dir)
             split_writer = writer.create_split(name, len(source), dim=None if kind == "codes" else dim,
-                                               bits=dim if kind == "codes" else None, resizable=skip_corrupt)
+                                               bits=dim if kind == "codes" else None, resizable=skip_corrupt,
+                                               paths=True)
             with progress_bar(f"extract {name}", total=len(source)) as progress:
                 for chunk in extract_chunks(model, source, transform, image_size, batch_size=batch_size,
                                             device=torch_device, workers=workers, skip_corrupt=skip_corrupt,
@@ -81,7 +86,7 @@ def run_extract(output: Path, *, dataset: str, data_dir: str | None, backbone: s
                         from deephash_cli.codes import pack_codes
 
                         chunk = (pack_codes(chunk[0]), *chunk[1:])  # bit = output > 0, as train-hash's codes
-                    split_writer.write(*chunk)
+                    split_writer.write(*chunk, [names[i] for i in chunk[2].tolist()])
             if stats[name].skipped:
                 warn(f"{name}: skipped {len(stats[name].skipped)} undecodable images, e.g. {stats[name].skipped[0]}")
         seconds = time.perf_counter() - start

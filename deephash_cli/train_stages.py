@@ -62,8 +62,7 @@ def prepare_splits(features_path: Path, val_fraction: float, seed: int) -> Prepa
             keep, held = stratified_split(train.labels, val_fraction, seed)
         except DeephashError as err:
             raise DeephashError(f"--val-fraction {val_fraction}: {err}") from None
-        splits["train"] = Split(train.labels[keep], train.index[keep], features=train.features[keep])
-        splits["val"] = Split(train.labels[held], train.index[held], features=train.features[held])
+        splits["train"], splits["val"] = train.subset(keep), train.subset(held)
     return PreparedData(artifact, splits)
 
 
@@ -123,9 +122,9 @@ def _write_outputs(model: Head, data: PreparedData, output: Path, *, kind: str, 
             split = data.splits[name]
             values, bits = encode(embed(model, as_tensor(split.features, device)))
             if bits is None:
-                writer.write_split(name, Split(split.labels, split.index, features=values))
+                writer.write_split(name, Split(split.labels, split.index, features=values, paths=split.paths))
             else:
-                writer.write_split(name, Split(split.labels, split.index, codes=values, bits=bits))
+                writer.write_split(name, Split(split.labels, split.index, codes=values, bits=bits, paths=split.paths))
         writer.write_history(history)
 
 
@@ -209,13 +208,17 @@ def run_train_triplet(features_path: Path, output: Path, *, save_model_path: Pat
               "val_fraction": val_fraction, **{k: v for k, v in options.__dict__.items() if k != "margin"},
               "device": str(device), "input": input_signature(data.artifact), **summary,
               "source": data.artifact.config}
-    _write_outputs(model, data, output, kind="embeddings", features_path=features_path, config=config,
-                   history=result.history, device=device, encode=lambda out: (out.cpu().numpy(), None), force=force)
     if save_model_path is not None:
+        # The model first, so the embeddings can name it (and its SHA-256): `deephash index` finds the
+        # encoder of new query images through this link.
         save_model(model, save_model_path, features_path=features_path, config=config, history=result.history,
                    extra={"input": input_signature(data.artifact), "loss": loss, "margin": chosen_margin,
                           "produces": "embeddings", "val_fraction": val_fraction,
                           "seed": options.seed}, force=force)
+        config = {**config, "model": artifacts.parent_reference(save_model_path, output),
+                  "model_sha256": artifacts.sha256_file(save_model_path)}
+    _write_outputs(model, data, output, kind="embeddings", features_path=features_path, config=config,
+                   history=result.history, device=device, encode=lambda out: (out.cpu().numpy(), None), force=force)
     return summary
 
 

@@ -16,7 +16,7 @@ def stderr_console() -> Console:
 
 def warn(message: str) -> None:
     """One warning line on stderr."""
-    stderr_console().print(f"[yellow]warning:[/yellow] {message}", markup=True)
+    stderr_console().print(f"[yellow]warning:[/yellow] {message}", markup=True, soft_wrap=True)  # one line, unwrapped
 
 
 @contextmanager

@@ -36,7 +36,7 @@ def test_info_json_describes_codes_and_checks_the_chain(runner, tmp_path):
     result = invoke(runner, "info", codes, "--json")
     assert result.exit_code == 0, result.output
     info = json.loads(result.stdout)
-    assert (info["kind"], info["format_version"]) == ("codes", 1)
+    assert (info["kind"], info["format_version"]) == ("codes", 2)
     assert info["splits"]["test"] == {"rows": 40, "data": "codes", "shape": [40, 1], "dtype": "uint8", "bits": 8}
     assert info["splits"]["train"]["rows"] + info["splits"]["val"]["rows"] == 160
     assert info["class_names"] == ["class0", "class1", "class2", "class3"]
@@ -58,7 +58,7 @@ def test_info_text_goes_to_stdout_and_reports_changed_and_missing_parents(runner
     features, emb, _, _ = _chain(runner, folder)
     text = invoke(runner, "info", emb)
     assert text.exit_code == 0 and text.stderr == ""
-    assert "embeddings artifact (format_version 1)" in text.stdout
+    assert "embeddings artifact (format_version 2)" in text.stdout
     assert re.search(r"parent\s+ok\s+\S*f\.h5\s+\(features, test\)", text.stdout)
     assert "method         facenet + semihard" in text.stdout and "chosen_margin  0.2" in text.stdout
     features.unlink()
