@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import pickle
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
@@ -19,6 +20,25 @@ from deephash_cli.errors import DeephashError
 from deephash_cli.registry import Registry
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
+DEFAULT_MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS  # PIL's decompression-bomb guard: 89,478,485 (≈ 9459²)
+
+
+def set_max_image_pixels(limit: int | None) -> None:
+    """Refuse images with more than ``limit`` pixels (None: no limit) when image folders are decoded.
+
+    This is PIL's decompression-bomb guard (``PIL.Image.MAX_IMAGE_PIXELS``, default 89,478,485),
+    made exact: PIL only warns between the limit and twice the limit, deephash refuses every image
+    over it as undecodable (a CorruptImageError naming the file; skipped with ``--skip-corrupt``).
+    The setting is process-wide and inherited by DataLoader workers (forked after it is made).
+    """
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit <= 0):
+        raise DeephashError(f"--max-image-pixels must be a positive whole number, got {limit}")
+    Image.MAX_IMAGE_PIXELS = limit
+
+
+def max_image_pixels() -> int | None:
+    """The current limit of :func:`set_max_image_pixels` (None: no limit)."""
+    return Image.MAX_IMAGE_PIXELS
 
 
 class CorruptImageError(DeephashError):
@@ -147,23 +167,57 @@ class _ArrayOnlyUnpickler(pickle.Unpickler):
         raise pickle.UnpicklingError(f"refusing to load global {module}.{name}")
 
 
-def read_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
-    """One CIFAR-10 python batch: images (n, 32, 32, 3) uint8 HWC and labels (n,) int64."""
+def _unpickle_dict(path: Path, what: str) -> dict:
+    """The dict pickled in ``path`` (restricted unpickler, bytes keys decoded); anything else is a DeephashError."""
     try:
         with open(path, "rb") as handle:
             entry = _ArrayOnlyUnpickler(io.BufferedReader(handle), encoding="latin1").load()
-    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError) as err:
-        raise DeephashError(f"{path}: not a CIFAR-10 python batch ({err})") from None
+    except OSError as err:
+        raise DeephashError(f"{path}: cannot read {what} ({err.strerror or err})") from None
+    except Exception as err:  # noqa: BLE001 - a doctored pickle can raise anything; all mean "not a CIFAR file"
+        raise DeephashError(f"{path}: not a CIFAR-10 {what} ({type(err).__name__}: {err})") from None
     if not isinstance(entry, dict):
-        raise DeephashError(f"{path}: not a CIFAR-10 python batch (found {type(entry).__name__})")
-    entry = {(k.decode() if isinstance(k, bytes) else k): v for k, v in entry.items()}
+        raise DeephashError(f"{path}: not a CIFAR-10 {what} (expected a dict, found {type(entry).__name__})")
+    try:
+        return {(k.decode("latin1") if isinstance(k, bytes) else k): v for k, v in entry.items()}
+    except Exception as err:  # noqa: BLE001 - unhashable or odd keys
+        raise DeephashError(f"{path}: not a CIFAR-10 {what} ({type(err).__name__}: {err})") from None
+
+
+def read_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """One CIFAR-10 python batch: images (n, 32, 32, 3) uint8 HWC and labels (n,) int64."""
+    entry = _unpickle_dict(path, "python batch")
     if "data" not in entry or ("labels" not in entry and "fine_labels" not in entry):
         raise DeephashError(f"{path}: CIFAR batch without 'data' and 'labels'")
-    data = np.asarray(entry["data"], dtype=np.uint8)
-    labels = np.asarray(entry.get("labels", entry.get("fine_labels")), dtype=np.int64)
-    if data.ndim != 2 or data.shape[1] != 3072 or data.shape[0] != labels.shape[0]:
+    try:
+        data = np.asarray(entry["data"])
+        labels = np.asarray(entry.get("labels", entry.get("fine_labels")))
+    except Exception as err:  # noqa: BLE001 - ragged lists and the like
+        raise DeephashError(f"{path}: CIFAR batch 'data'/'labels' are not arrays ({type(err).__name__}: {err})") \
+            from None
+    if data.ndim != 2 or data.shape[1] != 3072 or labels.ndim != 1 or data.shape[0] != labels.shape[0]:
         raise DeephashError(f"{path}: expected data (n, 3072) and n labels, found {data.shape} and {labels.shape}")
-    return data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1), labels
+    if data.size and (data.dtype.kind not in "iu" or data.min() < 0 or data.max() > 255):
+        raise DeephashError(f"{path}: expected pixel values 0..255 in 'data', found {data.dtype}"
+                            + (f" {data.min()}..{data.max()}" if data.dtype.kind in "iuf" else ""))
+    if labels.size and labels.dtype.kind not in "iu":
+        raise DeephashError(f"{path}: expected integer labels, found {labels.dtype}")
+    images = data.astype(np.uint8, copy=False).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
+    return images, labels.astype(np.int64)
+
+
+def read_cifar_meta(path: Path) -> list[str]:
+    """The class names of a CIFAR-10 ``batches.meta`` (its ``label_names``: a non-empty list of strings)."""
+    meta = _unpickle_dict(path, "batches.meta")
+    names = meta.get("label_names")
+    if names is None:
+        raise DeephashError(f"{path}: expected 'label_names' in CIFAR-10 batches.meta, found keys "
+                            f"{sorted(map(str, meta))[:10]}")
+    if not isinstance(names, (list, tuple)) or not names or not all(isinstance(n, (str, bytes)) for n in names):
+        raise DeephashError(f"{path}: expected 'label_names' to be a non-empty list of strings, found "
+                            f"{type(names).__name__}" + (f" of {sorted({type(n).__name__ for n in names})}"
+                                                         if isinstance(names, (list, tuple)) and names else ""))
+    return [n.decode("latin1") if isinstance(n, bytes) else n for n in names]
 
 
 CIFAR10_FOLDER = "cifar-10-batches-py"
@@ -201,12 +255,15 @@ def load_cifar10(data_dir: str | None = None, *, download: bool = True, **_: obj
     if folder is None:
         raise DeephashError(f"CIFAR-10 not found in {root}: expected {CIFAR10_FOLDER}/ with "
                             f"{', '.join(CIFAR10_TRAIN + CIFAR10_TEST)} and batches.meta")
-    meta = _ArrayOnlyUnpickler(open(folder / "batches.meta", "rb"), encoding="latin1").load()
-    meta = {(k.decode() if isinstance(k, bytes) else k): v for k, v in meta.items()}
-    class_names = [n.decode() if isinstance(n, bytes) else str(n) for n in meta["label_names"]]
+    class_names = read_cifar_meta(folder / "batches.meta")
 
     def source(names: Sequence[str], split: str) -> ImageSource:
         parts = [read_cifar_batch(folder / name) for name in names]
+        for name, (_, part_labels) in zip(names, parts):
+            if len(part_labels) and not 0 <= part_labels.min() <= part_labels.max() < len(class_names):
+                raise DeephashError(f"{folder / name}: labels must lie in 0..{len(class_names) - 1} (the "
+                                    f"{len(class_names)} label_names of batches.meta), found "
+                                    f"{part_labels.min()}..{part_labels.max()}")
         images = np.concatenate([p[0] for p in parts])
         labels = np.concatenate([p[1] for p in parts])
         return ImageSource(labels, np.arange(len(labels), dtype=np.int64), lambda i: Image.fromarray(images[i]),
@@ -226,11 +283,28 @@ def _list_images(folder: Path) -> dict[str, list[Path]]:
 
 
 def _open_image(path: Path) -> Image.Image:
+    """``path`` decoded as RGB; any decoding failure, and an image over the pixel limit, is a CorruptImageError."""
     try:
-        with Image.open(path) as image:
-            return image.convert("RGB")
+        with warnings.catch_warnings():
+            # PIL only warns between the limit and twice the limit: the limit is the limit.
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as image:
+                return image.convert("RGB")
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
+        limit = Image.MAX_IMAGE_PIXELS
+        raise CorruptImageError(str(path), f"{_bomb_size(err)} pixels exceed the limit of {limit:,} "
+                                           f"(decompression-bomb guard; --max-image-pixels raises it)") from None
     except (UnidentifiedImageError, OSError, ValueError) as err:
         raise CorruptImageError(str(path), str(err) or type(err).__name__) from None
+    except Exception as err:  # noqa: BLE001 - PIL's plugins raise anything (SyntaxError, struct.error, ...) on bad files
+        raise CorruptImageError(str(path), f"{type(err).__name__}: {err}") from None
+
+
+def _bomb_size(err: Exception) -> str:
+    """The pixel count in PIL's decompression-bomb message ('Image size (N pixels) exceeds ...'), formatted."""
+    words = str(err).replace("(", " ").split()
+    count = next((words[i - 1] for i, word in enumerate(words) if word == "pixels)" and i > 0), None)
+    return f"{int(count):,}" if count is not None and count.isdigit() else "its"
 
 
 @DATASETS.register("imagefolder")
@@ -242,6 +316,13 @@ def load_imagefolder(data_dir: str | None = None, *, test_fraction: float = 0.2,
     and a stratified, seeded split (``test_fraction``, ``seed``) is made and recorded. Classes are
     sorted by name; files by path. The index of an item is its position in that sorted listing
     (train files first, then test files).
+
+    Empty class folders: a class without images anywhere (an empty ``train/<class>`` and an empty or
+    absent ``test/<class>``, or an empty ``ROOT/<class>``) is left out with a warning naming its
+    folders, and recorded in the split info as ``left_out_empty``. An empty ``test/<class>`` for a
+    class with training images is fine (the class just has no test items). An empty
+    ``train/<class>`` whose ``test/<class>`` has images is refused: such a class cannot be learnt
+    or retrieved from the training split.
     """
     if data_dir is None:
         raise DeephashError("--dataset imagefolder needs --data-dir ROOT")
@@ -251,12 +332,32 @@ def load_imagefolder(data_dir: str | None = None, *, test_fraction: float = 0.2,
     train_dir = root / "train" if (root / "train").is_dir() else root
     train_files = _list_images(train_dir)
     test_files = _list_images(root / "test") if (root / "test").is_dir() else None
+    if not any(train_files.values()) and not any((test_files or {}).values()):
+        raise DeephashError(f"{train_dir}: no class folders with images ({', '.join(IMAGE_EXTENSIONS)})")
+    empty = sorted(c for c in set(train_files) | set(test_files or {})
+                   if not train_files.get(c) and not (test_files or {}).get(c))
+    if empty:
+        from deephash_cli.ui import warn
+
+        folders = [str(folder / c) for c in empty for folder, files in ((train_dir, train_files),
+                                                                         (root / "test", test_files or {}))
+                   if c in files]
+        warn(f"left out {len(empty)} class folder{'s' if len(empty) > 1 else ''} without images: "
+             f"{', '.join(folders[:10])}{', …' if len(folders) > 10 else ''}")
+        train_files = {c: files for c, files in train_files.items() if c not in empty}
+        test_files = None if test_files is None else {c: f for c, f in test_files.items() if c not in empty}
     if test_files is not None and sorted(test_files) != sorted(train_files):
         raise DeephashError(f"{root}: train and test hold different class folders "
                             f"({sorted(set(train_files) ^ set(test_files))[:5]} differ)")
+    untrained = [c for c in sorted(train_files) if not train_files[c]]
+    if untrained:
+        raise DeephashError(f"{train_dir / untrained[0]}: no images ({', '.join(IMAGE_EXTENSIONS)}), but "
+                            f"{root / 'test' / untrained[0]} has {len((test_files or {})[untrained[0]])}; every class "
+                            f"needs training images (add them, or remove both folders)"
+                            + (f" ({len(untrained)} such classes: {', '.join(untrained[:5])})"
+                               if len(untrained) > 1 else ""))
     class_names = sorted(train_files)
-    if not class_names or not any(train_files.values()):
-        raise DeephashError(f"{train_dir}: no class folders with images ({', '.join(IMAGE_EXTENSIONS)})")
+    left_out = {"left_out_empty": empty} if empty else {}
 
     def flatten(files: dict[str, list[Path]]) -> tuple[list[Path], np.ndarray]:
         paths = [p for c in class_names for p in files[c]]
@@ -270,14 +371,15 @@ def load_imagefolder(data_dir: str | None = None, *, test_fraction: float = 0.2,
         train_rows, test_rows = stratified_split(train_labels, test_fraction, seed)
         return DatasetSplits("imagefolder", class_names, everything.subset(train_rows), everything.subset(test_rows),
                              {"test_split": "stratified", "test_fraction": test_fraction, "seed": seed,
-                              "root": str(root)})
+                              "root": str(root), **left_out})
     test_paths, test_labels = flatten(test_files)
     offset = len(train_paths)
     train = ImageSource(train_labels, np.arange(offset, dtype=np.int64), lambda i: _open_image(train_paths[i]),
                         lambda i: str(train_paths[i]))
     test = ImageSource(test_labels, np.arange(offset, offset + len(test_paths), dtype=np.int64),
                        lambda i: _open_image(test_paths[i]), lambda i: str(test_paths[i]))
-    return DatasetSplits("imagefolder", class_names, train, test, {"test_split": "predefined", "root": str(root)})
+    return DatasetSplits("imagefolder", class_names, train, test,
+                         {"test_split": "predefined", "root": str(root), **left_out})
 
 
 def load_dataset(name: str, data_dir: str | None, **options: object) -> DatasetSplits:
