@@ -10,7 +10,8 @@ and from the ``.evals.json`` sidecars written by ``evaluate --record``. Next to 
   history of embeddings artifacts trained with a miner, one line per miner;
 - ``<stem>.tsne-grid.png``: a montage of the folder's ``*tsne*.png`` files.
 
-Unreadable artifacts are listed under "Skipped" with the reason and the rest is still summarised.
+Unreadable artifacts (whatever the error) and malformed entries of ``.evals.json`` sidecars are listed
+under "Skipped" with the reason and the rest is still summarised.
 """
 
 from __future__ import annotations
@@ -51,25 +52,43 @@ def _number(value: Any, digits: int = 4) -> str:
     return DASH if value is None else f"{float(value):.{digits}f}"
 
 
+def _reason(err: Exception, path: Path) -> str:
+    """A skipped file's reason: a DeephashError's message without the path, else the exception's type and text."""
+    if isinstance(err, DeephashError):
+        return str(err).removeprefix(f"{path}: ").removeprefix(f"{path}:")
+    return f"unreadable ({type(err).__name__}: {err})"
+
+
 def collect(folder: Path, recursive: bool) -> tuple[list[dict[str, Any]], list[tuple[str, str]]]:
-    """Read every artifact's summary and recorded evaluations; returns (entries, skipped (file, reason))."""
+    """Read every artifact's summary and recorded evaluations; returns (entries, skipped (file, reason)).
+
+    Whatever goes wrong with one file (a DeephashError, or h5py's OSError/KeyError/RuntimeError on a
+    damaged HDF5 file) skips that file with the reason; malformed entries of a ``.evals.json`` sidecar
+    are skipped one by one (``records.check_record``), the file's other records are still reported.
+    """
     entries, skipped = [], []
     for path in find_artifacts(folder, recursive):
         name = str(path.relative_to(folder))
         try:
             summary = artifacts.read_summary(path)
-        except DeephashError as err:
-            skipped.append((name, str(err).removeprefix(f"{path}: ").removeprefix(f"{path}:")))
+            entry = {"name": name, "path": path, "summary": summary, "evaluations": []}
+            table_rows([entry])  # a header the table cannot show is this file's problem, not the report's
+            convergence_series([entry])
+        except Exception as err:  # noqa: BLE001 - one bad file must not abort the report
+            skipped.append((name, _reason(err, path)))
             continue
+        sidecar = records.sidecar_path(path)
+        sidecar_name = str(sidecar.relative_to(folder))
         try:
-            evaluations = records.read_records(path)
-        except DeephashError as err:
-            skipped.append((records.sidecar_path(path).name, str(err).split(": ", 1)[-1]))
-            evaluations = []
-        sha256 = artifacts.sha256_file(path) if evaluations else None
+            evaluations, bad = records.read_records_checked(path)
+            skipped += [(sidecar_name, f"entry {position} skipped: {reason}") for position, reason in bad]
+            sha256 = artifacts.sha256_file(path) if evaluations else None
+        except Exception as err:  # noqa: BLE001 - an unreadable sidecar loses its records, not the artifact
+            skipped.append((sidecar_name, _reason(err, sidecar)))
+            evaluations, sha256 = [], None
         for evaluation in evaluations:
             evaluation["current"] = evaluation.get("artifact_sha256") == sha256
-        entries.append({"name": name, "path": path, "summary": summary, "evaluations": evaluations})
+        entries.append({**entry, "evaluations": evaluations})
     return entries, skipped
 
 
