@@ -10,7 +10,10 @@ from deephash_cli.errors import DeephashError
 def stratified_subsample(labels: np.ndarray, max_points: int, seed: int) -> np.ndarray:
     """Sorted row positions of at most ``max_points`` items, each class kept in proportion (seeded).
 
-    Every class present keeps at least one point when ``max_points`` allows it.
+    Exactly ``min(n, max_points)`` rows. Every class keeps at least one point when ``max_points`` is
+    at least the number of classes (classes pushed up to one point are paid for by the largest
+    quotas). When ``max_points`` is smaller than the number of classes, ``max_points`` classes keep
+    one point each: the largest classes, ties broken by the seed; the other classes are left out.
     """
     n = len(labels)
     if max_points <= 0:
@@ -19,12 +22,20 @@ def stratified_subsample(labels: np.ndarray, max_points: int, seed: int) -> np.n
         return np.arange(n)
     rng = np.random.default_rng(seed)
     classes, counts = np.unique(labels, return_counts=True)
-    quota = np.maximum(1, np.floor(counts * (max_points / n)).astype(int))
-    # Hand the rounding remainder to the largest classes so the total is exactly max_points.
-    for i in np.argsort(-counts)[: max(0, max_points - int(quota.sum()))]:
-        quota[i] += 1
+    if max_points < len(classes):
+        order = np.lexsort((rng.random(len(classes)), -counts))  # largest first, seeded ties
+        quota = np.zeros(len(classes), dtype=int)
+        quota[order[:max_points]] = 1
+    else:
+        quota = np.maximum(1, np.floor(counts * (max_points / n)).astype(int))
+        # Hand the rounding remainder to the largest classes so the total is exactly max_points.
+        for i in np.argsort(-counts)[: max(0, max_points - int(quota.sum()))]:
+            quota[i] += 1
+        # Small classes raised to one point can overshoot: take the excess from the largest quotas.
+        while quota.sum() > max_points:
+            quota[int(np.argmax(quota))] -= 1
     rows = [rng.choice(np.flatnonzero(labels == c), size=min(q, cnt), replace=False)
-            for c, q, cnt in zip(classes, quota, counts)]
+            for c, q, cnt in zip(classes, quota, counts) if q > 0]
     return np.sort(np.concatenate(rows))
 
 
