@@ -42,11 +42,12 @@ def max_image_pixels() -> int | None:
 
 
 class CorruptImageError(DeephashError):
-    """An image file that does not decode; carries its path."""
+    """An image file that does not decode; carries its path and the reason."""
 
     def __init__(self, path: str, reason: str) -> None:
         super().__init__(f"{path}: cannot decode image ({reason})")
         self.path = path
+        self.reason = reason
 
 
 @dataclass

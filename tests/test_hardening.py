@@ -100,6 +100,10 @@ def test_pixel_limit_is_exact_settable_and_can_be_lifted(tmp_path, pixel_limit):
     with pytest.raises(CorruptImageError, match=r"big\.png: cannot decode image \(1,600 pixels exceed the limit "
                                                 r"of 1,000 .*--max-image-pixels"):
         datasets._open_image(path)
+    try:
+        datasets._open_image(path)
+    except CorruptImageError as err:
+        assert err.path == str(path) and err.reason.startswith("1,600 pixels exceed the limit of 1,000")
     set_max_image_pixels(2000)
     assert datasets._open_image(path).size == (40, 40)
     set_max_image_pixels(None)
