@@ -38,6 +38,15 @@ def test_main_job_chain_on_digits(runner, tmp_path):
     report = (tmp_path / "report.md").read_text()
     for value in (base["map"], trained["map"], hashed["map"]):
         assert f"{value:.4f}" in report
+    # The job ends by indexing the codes and searching them with the test digits, drawing a grid.
+    index = tmp_path / "codes.index.h5"
+    assert invoke(runner, "index", codes, "-o", index).exit_code == 0
+    result = invoke(runner, "search", index, "--queries", codes, "-k", "5", "--json", "--grid", tmp_path / "s.png")
+    assert result.exit_code == 0, result.output
+    answers = [json.loads(line) for line in result.stdout.splitlines()]
+    assert len(answers) == 359 and (tmp_path / "s.png").stat().st_size > 10_000
+    hits = np.mean([row["relevant"] for answer in answers for row in answer["results"]])
+    assert hits > 0.5  # 16-bit codes of 10 digit classes: most neighbours share the query's class
 
 
 @pytest.mark.parametrize("args, message", [
