@@ -106,6 +106,19 @@ def _emit(io, path: Path, extra: Optional[Path] = None) -> None:
         typer.echo(str(path))
 
 
+MAX_PIXELS = typer.Option(89_478_485, "--max-image-pixels", help="Refuse images of more than N pixels (the "
+                          "decompression-bomb guard; PIL's default). They count as undecodable, so --skip-corrupt "
+                          "skips them. 0: no limit.")
+
+
+def _pixel_limit(value: int) -> None:
+    from deephash_cli.datasets import set_max_image_pixels
+
+    if value < 0:
+        raise DeephashError(f"--max-image-pixels must be ≥ 0 (0: no limit), got {value}")
+    set_max_image_pixels(value or None)
+
+
 STREAM_HELP = " '-' reads it from stdin (e.g. piped from another command's -o -)."
 OUT_STREAM_HELP = " '-' streams it to stdout."
 
@@ -171,11 +184,13 @@ def extract(
     model: Optional[Path] = typer.Option(None, "--model", help="A `deephash finetune` model artifact: its backbone "
                                          "+ head, image size and mean/std replace --backbone/--weights/--image-size/"
                                          "--mean/--std; writes embeddings (hash models: packed binary codes)."),
+    max_image_pixels: int = MAX_PIXELS,
     force: bool = typer.Option(False, help="Overwrite an existing output."),
 ) -> None:
     """Extract features of every split with a pretrained CNN (layer before the classifier) into HDF5."""
     from deephash_cli import stages
 
+    _pixel_limit(max_image_pixels)
     with _streams() as io:
         out = io.output(output, lambda: _default_output(
             f"{io.name(model).removesuffix('.h5').removesuffix('.model')}.{dataset}.h5" if model is not None
@@ -504,6 +519,7 @@ def finetune(
     workers: int = typer.Option(0, help="DataLoader workers for the validation and standardisation passes "
                                 "(training batches are decoded in the main process)."),
     eval_batch_size: int = typer.Option(128, help="Images per forward pass when embedding without gradients."),
+    max_image_pixels: int = MAX_PIXELS,
     resume: bool = typer.Option(False, "--resume", help="Continue the run checkpointed in --output from its last "
                                 "completed epoch (same options required; starts afresh if the file is absent)."),
     force: bool = typer.Option(False, help="Overwrite an existing output (starting a new run)."),
@@ -514,6 +530,7 @@ def finetune(
     from deephash_cli.hashing import HashOptions
     from deephash_cli.ui import stderr_console
 
+    _pixel_limit(max_image_pixels)
     options = _train_options(epochs, batch_size, lr, optimizer, weight_decay, seed, early_stopping, miner,
                              classes_per_batch, samples_per_class, lr_milestones=lr_milestones, lr_gamma=lr_gamma)
     hash_options = HashOptions(alpha=alpha, lam=lam, lam_warmup=lam_warmup, alpha_ramp=alpha_ramp,
@@ -614,6 +631,7 @@ def search(
     skip_corrupt: bool = typer.Option(False, help="Leave out query images that fail to decode (warned) instead of "
                                       "stopping at the first."),
     batch_size: int = typer.Option(64, help="Query images per forward pass."),
+    max_image_pixels: int = MAX_PIXELS,
     device: str = DEVICE,
     force: bool = typer.Option(False, help="Overwrite an existing --grid PNG or --html page."),
 ) -> None:
@@ -622,6 +640,7 @@ def search(
     from deephash_cli.backbones import resolve_device
     from deephash_cli.search_stages import print_results, run_search
 
+    _pixel_limit(max_image_pixels)
     for target in (grid, html_dir / "index.html" if html_dir is not None else None):
         if target is not None and target.exists() and not force:
             raise DeephashError(f"{target} exists; pass --force to overwrite it")

@@ -55,7 +55,7 @@ def make_transform(image_size: int, mean: Sequence[float], std: Sequence[float],
 
 
 class TransformedImages(Dataset):
-    """An ImageSource as a torch Dataset: (image tensor, label, index, ok, description).
+    """An ImageSource as a torch Dataset: (image tensor, label, index, ok, description, reason).
 
     A corrupt image comes back as a zero tensor with ok=False; the caller decides whether that
     is fatal (the default) or skipped. Raising inside a DataLoader worker would lose the path.
@@ -70,9 +70,9 @@ class TransformedImages(Dataset):
     def __getitem__(self, i: int):
         label, index = int(self.source.labels[i]), int(self.source.index[i])
         try:
-            return self.transform(self.source.load(i)), label, index, True, ""
+            return self.transform(self.source.load(i)), label, index, True, "", ""
         except CorruptImageError as err:
-            return torch.zeros(3, self.image_size, self.image_size), label, index, False, err.path
+            return torch.zeros(3, self.image_size, self.image_size), label, index, False, err.path, err.reason
 
 
 @dataclass
@@ -105,11 +105,12 @@ def extract_chunks(model: nn.Module, source: ImageSource, transform: Callable, i
                         persistent_workers=False)
     model = model.to(device).eval()
     with torch.inference_mode():
-        for images, labels, index, ok, paths in loader:
+        for images, labels, index, ok, paths, reasons in loader:
             if not bool(ok.all()):
                 bad = [p for p, good in zip(paths, ok.tolist()) if not good]
                 if not skip_corrupt:
-                    raise CorruptImageError(bad[0], "undecodable; pass --skip-corrupt to leave such files out")
+                    reason = next(r for r, good in zip(reasons, ok.tolist()) if not good)
+                    raise CorruptImageError(bad[0], f"{reason}; pass --skip-corrupt to leave such files out")
                 stats.skipped.extend(bad)
                 images, labels, index = images[ok], labels[ok], index[ok]
             if len(labels):

@@ -198,7 +198,8 @@ def describe(path: Path) -> dict[str, Any]:
                              "init": architecture.get("init")} if head is not architecture else {})}
     if summary.get("index"):
         info["index"] = index_summary(summary["index"], Path(path))
-    evaluations = [] if shown == "-" else records.read_records(path)
+    evaluations, bad = ([], []) if shown == "-" else records.read_records_checked(path)
+    info["skipped_evaluations"] = [{"entry": position, "reason": reason} for position, reason in bad]
     info["evaluations"] = [{**{key: e.get(key) for key in ("map", "knn_accuracy", "precision_at", "map_at",
                                                               "selection", "recorded", "command")},
                             "setting": e["setting"], "current": e.get("artifact_sha256") == info["sha256"]}
@@ -291,6 +292,8 @@ def render(info: Mapping[str, Any]) -> str:
         lines.append(f"  {setting['protocol']}/{setting['distance']}: mAP {record['map']:.4f}, kNN "
                      f"{record['knn_accuracy']:.4f}{', ' + precision if precision else ''}  ({record['selection']})"
                      f"{stale}")
+    for bad in info.get("skipped_evaluations", []):
+        lines.append(f"  skipped entry {bad['entry']} of {info['file']}.evals.json: {bad['reason']}")
     lines.append("provenance:")
     lines.append(f"  this      {info['file']}")
     for link in info["provenance"]:

@@ -261,6 +261,7 @@ def test_info_and_report_survive_malformed_records(runner, tmp_path):
     info = invoke(runner, "info", features)
     assert info.exit_code == 0, info.output
     assert info.stdout.count("splits/euclidean: mAP") == 1 and "pooled/cosine" not in info.stdout
+    assert "skipped entry 2 of" in info.stdout and "'map' is a JSON string, expected a number" in info.stdout
     result = invoke(runner, "report", tmp_path)
     assert result.exit_code == 0, result.output
     assert result.stderr.splitlines() == [
@@ -485,3 +486,20 @@ def test_empty_train_class_folder_with_test_images_is_refused(runner, tmp_path):
     assert result.stderr.startswith(f"error: {root / 'train' / 'dog'}: no images (") and \
         f"but {root / 'test' / 'dog'} has 2; every class needs training images" in result.stderr
     assert not out.exists()
+
+
+def test_max_image_pixels_option_refuses_and_lifts_the_limit(runner, tmp_path):
+    root = image_folder(tmp_path / "imgs")
+    big = root / "train" / "dog" / "big.png"
+    Image.fromarray(np.zeros((40, 40, 3), np.uint8)).save(big)  # 1,600 pixels
+    out = tmp_path / "f.h5"
+    result = invoke(runner, "extract", "--dataset", "imagefolder", "--data-dir", root, *PIXELS,
+                    "--max-image-pixels", "1000", "-o", out)
+    assert result.exit_code == 2
+    assert "big.png: cannot decode image (1,600 pixels exceed the limit of 1,000" in result.stderr
+    result = invoke(runner, "extract", "--dataset", "imagefolder", "--data-dir", root, *PIXELS,
+                    "--max-image-pixels", "0", "-o", out)
+    assert result.exit_code == 0, result.output
+    result = invoke(runner, "extract", "--dataset", "imagefolder", "--data-dir", root, *PIXELS,
+                    "--max-image-pixels", "-5", "-o", tmp_path / "g.h5")
+    assert result.exit_code == 2 and "--max-image-pixels must be ≥ 0" in result.stderr
