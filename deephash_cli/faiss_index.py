@@ -275,7 +275,20 @@ def search(index, queries: np.ndarray, k: int, *, nprobe: int | None = None, ef:
         index.nflip = int(nflip)
     if isinstance(index, faiss.IndexBinaryFlat):
         index.use_heap = False  # counting k-selection: ties in database order (module docstring)
-    return index.search(queries, k)
+    distances, ids = index.search(queries, k)
+    if isinstance(index, faiss.IndexFlat) and k > 1:
+        # Equal float distances within the k returned: database order, as for codes.
+        larger_first = index.metric_type == faiss.METRIC_INNER_PRODUCT  # similarities: best is largest
+        order = _tie_order(-distances if larger_first else distances, ids)
+        distances, ids = np.take_along_axis(distances, order, 1), np.take_along_axis(ids, order, 1)
+    return distances, ids
+
+
+def _tie_order(distances: np.ndarray, ids: np.ndarray) -> np.ndarray:
+    """Per row, the permutation sorting by (distance, id)."""
+    rows = np.repeat(np.arange(ids.shape[0]), ids.shape[1])
+    flat = np.lexsort((ids.ravel(), distances.ravel(), rows))  # row first, then distance, then id
+    return (flat - rows * ids.shape[1]).reshape(ids.shape)
 
 
 def _ivf_of(index):
