@@ -318,6 +318,9 @@ def test_corrupt_query_image_is_named_and_can_be_skipped(runner, tmp_path):
     assert len(answers) == 1 and answers[0]["query"].endswith("good.png")
     result = invoke(runner, "search", tmp_path / "i.h5", tmp_path / "nothing.png")
     assert result.exit_code == 2 and "nothing.png: no such image file or folder" in result.stderr
+    (tmp_path / "empty").mkdir()
+    result = invoke(runner, "search", tmp_path / "i.h5", tmp_path / "empty")
+    assert result.exit_code == 2 and "empty: no images (" in result.stderr
 
 
 def test_k_larger_than_the_database(runner, tmp_path):
