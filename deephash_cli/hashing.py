@@ -28,6 +28,18 @@ class HashOptions:
     alpha_ramp: str | None = None  # DTSH: "START:END:EVERY": α starts at START, doubles every EVERY epochs up to END
     margin: float | None = None  # triplet-ranking margin (default bits/4)
 
+    def check(self) -> None:
+        """Raise DeephashError for values no method can use (before any work is done)."""
+        for option, value in (("--alpha", self.alpha), ("--ranking-margin", self.margin)):
+            if value is not None and not value > 0:
+                raise DeephashError(f"{option} must be positive, got {value}")
+        if not self.lam >= 0:
+            raise DeephashError(f"--lambda must be ≥ 0, got {self.lam}")
+        if self.lam_warmup < 0:
+            raise DeephashError(f"--lam-warmup must be ≥ 0 epochs, got {self.lam_warmup}")
+        if self.alpha_ramp:
+            parse_ramp(self.alpha_ramp)
+
 
 @dataclass
 class HashMethod:

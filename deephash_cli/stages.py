@@ -35,6 +35,7 @@ def run_extract(output: Path, *, dataset: str, data_dir: str | None, backbone: s
     from deephash_cli.items import names_by_index
 
     finetuned, architecture, kind = None, {}, "features"
+    model_sha256 = artifacts.check_input(model_path) if model_path is not None else None
     if model_path is not None:
         from deephash_cli.finetune import load_for_extract
 
@@ -51,7 +52,7 @@ def run_extract(output: Path, *, dataset: str, data_dir: str | None, backbone: s
     data = load_dataset(dataset, data_dir, test_fraction=test_fraction, seed=seed)
     sources = {"train": limit(data.train, limit_per_class), "test": limit(data.test, limit_per_class)}
     if image_size is None:
-        image_size = data.train.load(0).size[0] if backbone == "pixels" else 224
+        image_size = native_image_size(sources) if backbone == "pixels" else 224
     model, spec = (finetuned, BACKBONES.get(backbone)) if finetuned is not None else build_backbone(backbone, weights)
     transform = make_transform(image_size, mean_rgb, std_rgb)
     dim = spec.dim if spec.dim is not None else 3 * image_size * image_size
@@ -61,7 +62,7 @@ def run_extract(output: Path, *, dataset: str, data_dir: str | None, backbone: s
     if finetuned is not None:
         dim = int(architecture["head"]["out_dim"])
         weights_info = {"model": artifacts.parent_reference(model_path, output),
-                        "model_sha256": artifacts.sha256_file(model_path), "produces": kind,
+                        "model_sha256": model_sha256, "produces": kind,
                         "model_config": artifacts.read_header(model_path)["config"]}
     data_root = str(Path(data_dir).resolve()) if data_dir is not None else None
     config = {"stage": "extract", "dataset": dataset, "data_dir": data_dir, "data_root": data_root,
@@ -72,7 +73,7 @@ def run_extract(output: Path, *, dataset: str, data_dir: str | None, backbone: s
     stats = {name: ExtractStats() for name in sources}
     start = time.perf_counter()
     with artifacts.ArtifactWriter(output, kind=kind, class_names=data.class_names, config=config,
-                                  parent=model_path, force=force) as writer:
+                                  parent=model_path, parent_sha256=model_sha256, force=force) as writer:
         for name, source in sources.items():
             names = names_by_index(dataset, name, source, data_dir)
             split_writer = writer.create_split(name, len(source), dim=None if kind == "codes" else dim,
@@ -97,17 +98,51 @@ def run_extract(output: Path, *, dataset: str, data_dir: str | None, backbone: s
     return output
 
 
+def native_image_size(sources: dict[str, Any]) -> int:
+    """The image size the ``pixels`` backbone takes without ``--image-size``: the width of the images, which
+    must all have one size (a stray 1×1 image would otherwise decide the feature dimension of the whole
+    dataset). Files are measured from their headers; undecodable ones are left to extraction to report."""
+    from PIL import Image
+
+    first: dict[tuple[int, int], str] = {}
+    for source in sources.values():
+        for i in range(len(source)):
+            where = source.describe(i)
+            try:
+                if Path(where).is_file():
+                    with Image.open(where) as image:
+                        size = image.size
+                else:
+                    size = source.load(i).size
+            except (OSError, ValueError, DeephashError):
+                continue  # extraction names it (or --skip-corrupt skips it)
+            first.setdefault(tuple(size), where)
+            if len(first) > 1:
+                (a, where_a), (b, where_b) = list(first.items())[:2]
+                raise DeephashError(f"--backbone pixels takes its feature size from the images, but they differ in "
+                                    f"size: {where_a} is {a[0]}×{a[1]}, {where_b} is {b[0]}×{b[1]}; pass "
+                                    f"--image-size N to resize and centre-crop every image to N×N")
+    if not first:
+        raise DeephashError("--backbone pixels: no image could be measured to choose the image size; pass "
+                            "--image-size N")
+    return next(iter(first))[0]
+
+
 # --------------------------------------------------------------------------- evaluate
 
 
 def run_evaluate(file: Path, *, map_at: list[int], precision_at: list[int], knn_k: int, distance: str | None,
                  protocol: str, query_split: str, database_split: str, queries_per_class: int, seed: int,
-                 ties: str = "expected", record: bool = False) -> dict[str, Any]:
+                 ties: str = "expected", record: bool = False, metrics: list[str] | None = None) -> dict[str, Any]:
     """Evaluate retrieval on an artifact; returns the JSON-able result (see docs/evaluation.md).
 
     The result's ``setting`` names what was evaluated (protocol, distance, selection, metrics). With
     ``record`` it is also stored in the artifact's ``.evals.json`` sidecar (``records.add_record``,
     replacing an earlier record of the same setting) and ``recorded_to`` names that file.
+
+    ``metrics``: the names asked for (``evaluate --metric``: map, map@K, precision@K, knn), stored as the
+    result's ``metrics`` list; the table shows only those. ``map`` and ``knn_accuracy`` are always computed and
+    kept in the result (records, ``info`` and ``report`` read them).
     """
     from deephash_cli.metrics import evaluate_retrieval
     from deephash_cli.protocols import select
@@ -125,6 +160,14 @@ def run_evaluate(file: Path, *, map_at: list[int], precision_at: list[int], knn_
         distance = "euclidean"
     elif distance not in ("euclidean", "cosine"):
         raise DeephashError(f"unknown distance '{distance}'; valid names: euclidean, cosine (codes: hamming)")
+    present = ", ".join(artifact.splits) or "none"
+    if query_split not in artifact.splits:
+        raise DeephashError(f"{artifacts.display_name(file)}: --query-split {query_split}: no split '{query_split}' "
+                            f"(splits present: {present})")
+    wanted = [name.strip() for name in database_split.split(",") if name.strip()]
+    if protocol == "splits" and wanted and not any(name in artifact.splits for name in wanted):
+        raise DeephashError(f"{artifacts.display_name(file)}: --database-split {database_split} names no split of "
+                            f"it (splits present: {present})")
     chosen = select(artifact, protocol=protocol, query_split=query_split, database_split=database_split,
                     queries_per_class=queries_per_class, seed=seed)
     bits = next(iter(artifact.splits.values())).bits if is_codes else None
@@ -137,6 +180,9 @@ def run_evaluate(file: Path, *, map_at: list[int], precision_at: list[int], knn_
     summary["map_expected"] = summary["map"]
     summary["map"] = {"expected": result.map, "optimistic": result.map_optimistic,
                       "pessimistic": result.map_pessimistic}[ties]
+    summary["metrics"] = list(metrics) if metrics is not None else [
+        "map", *(f"map@{k}" for k in sorted(set(map_at))), *(f"precision@{k}" for k in sorted(set(precision_at))),
+        "knn"]
     summary.update({"ties": ties, "file": artifacts.display_name(file), "kind": artifact.kind, "bits": bits,
                     "protocol": protocol, "selection": chosen.description, "seconds": round(seconds, 3),
                     "config": artifact.config})
@@ -165,8 +211,7 @@ def run_plot_tsne(file: Path, output: Path, *, split: str, max_points: int, perp
     from deephash_cli.plots import save_figure, scatter_by_class
     from deephash_cli.tsne import stratified_subsample, tsne_2d
 
-    if output.exists() and not force:
-        raise DeephashError(f"{output} exists; pass --force to overwrite it")
+    artifacts.check_output(output, force)
     artifact = artifacts.read_artifact(file, expect_kinds=("features", "embeddings", "codes"), splits=[split])
     data = artifact.split(split)
     rows = stratified_subsample(data.labels, max_points, seed)

@@ -60,8 +60,10 @@ class TrainOptions:
             raise DeephashError(f"--epochs must be positive, got {self.epochs}")
         if self.batch_size <= 0:
             raise DeephashError(f"--batch-size must be positive, got {self.batch_size}")
-        if self.lr <= 0:
+        if not self.lr > 0:
             raise DeephashError(f"--lr must be positive, got {self.lr}")
+        if not self.weight_decay >= 0:
+            raise DeephashError(f"--weight-decay must be ≥ 0, got {self.weight_decay}")
         if self.optimizer not in OPTIMIZERS:
             raise DeephashError(f"unknown optimizer '{self.optimizer}'; valid names: {', '.join(OPTIMIZERS)}")
         if self.early_stopping is not None and self.early_stopping <= 0:
@@ -265,8 +267,9 @@ def embed(model: nn.Module, x: torch.Tensor, batch_size: int = 4096) -> torch.Te
     """Model outputs for all rows of ``x`` in eval mode, batched, without gradients."""
     model.eval()
     with torch.no_grad():
-        return torch.cat([model(x[i:i + batch_size]) for i in range(0, len(x), batch_size)]) if len(x) else \
-            torch.empty(0)
+        if not len(x):
+            return model(x)  # (0, output dim): an empty split keeps its width
+        return torch.cat([model(x[i:i + batch_size]) for i in range(0, len(x), batch_size)])
 
 
 def as_tensor(array: np.ndarray, device: torch.device) -> torch.Tensor:

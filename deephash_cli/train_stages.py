@@ -22,7 +22,7 @@ from deephash_cli.errors import DeephashError
 from deephash_cli.heads import Head, build_head, load_state_arrays, state_arrays
 from deephash_cli.losses import LOSSES
 from deephash_cli.train import FitResult, TrainOptions, as_tensor, embed, fit
-from deephash_cli.ui import advance, progress_bar, stderr_console, warn
+from deephash_cli.ui import advance, progress_bar, warn
 
 # How each embedding loss wants the head's output and whether it takes a margin.
 EMBEDDING_LOSSES = {
@@ -53,6 +53,9 @@ def prepare_splits(features_path: Path, val_fraction: float, seed: int) -> Prepa
     artifact = artifacts.read_artifact(features_path, expect_kinds=("features", "embeddings"))
     train = artifact.split("train")
     classes = np.unique(train.labels)
+    if len(classes) == 0:
+        raise DeephashError(f"{artifacts.display_name(features_path)}: the train split is empty; training needs "
+                            f"items of at least two classes")
     if len(classes) < 2:
         raise DeephashError(f"{features_path}: the train split holds a single class ({classes.tolist()}); triplets "
                             f"need at least two")
@@ -94,7 +97,6 @@ def _progress_fit(label: str, model: torch.nn.Module, loss_fn: torch.nn.Module, 
                   train_y: torch.Tensor, options: TrainOptions, validate: Callable[[torch.nn.Module], float],
                   before_epoch=None, **hooks: Any) -> FitResult:
     """``fit`` with a rich progress bar (items/s, loss, validation mAP) on stderr; ``hooks`` go to ``fit``."""
-    console = stderr_console()
     with progress_bar(label, total=None, unit="items") as progress:
         last = {"loss": float("nan")}
 
@@ -103,8 +105,10 @@ def _progress_fit(label: str, model: torch.nn.Module, loss_fn: torch.nn.Module, 
             advance(progress, items, unit="items", info=f"loss {loss:.4f}")
 
         def on_epoch(row: dict[str, Any]) -> None:
-            console.log(f"{label} epoch {row['epoch']}: loss {row['loss']:.4f}, active {row['active_fraction']:.3f}, "
-                        f"val mAP {row['val_map']:.4f}, {row['seconds']:.1f} s")
+            # One compact line per epoch above the bar (no timestamp or source location, never wrapped).
+            progress.console.print(f"{label} epoch {row['epoch']}: loss {row['loss']:.4f}, active "
+                                   f"{row['active_fraction']:.3f}, val mAP {row['val_map']:.4f}, "
+                                   f"{row['seconds']:.1f} s", markup=False, highlight=False, soft_wrap=True)
 
         return fit(model, loss_fn, train_x, train_y, options, validate=validate, before_epoch=before_epoch,
                    on_step=on_step, on_epoch=on_epoch, warn=warn, **hooks)
@@ -112,10 +116,12 @@ def _progress_fit(label: str, model: torch.nn.Module, loss_fn: torch.nn.Module, 
 
 def _write_outputs(model: Head, data: PreparedData, output: Path, *, kind: str, features_path: Path,
                    config: dict[str, Any], history: list[dict[str, Any]], device: torch.device,
-                   encode: Callable[[torch.Tensor], tuple[np.ndarray, int | None]], force: bool) -> None:
-    """Map every split through ``model`` and write the embeddings/codes artifact."""
+                   encode: Callable[[torch.Tensor], tuple[np.ndarray, int | None]], force: bool,
+                   features_sha256: str | None = None) -> None:
+    """Map every split through ``model`` and write the embeddings/codes artifact (``features_sha256``: the
+    input's hash taken when the stage started)."""
     with artifacts.ArtifactWriter(output, kind=kind, class_names=data.artifact.class_names, config=config,
-                                  parent=features_path, force=force) as writer:
+                                  parent=features_path, parent_sha256=features_sha256, force=force) as writer:
         for name in ("train", "val", "test"):
             if name not in data.splits:
                 continue
@@ -129,10 +135,10 @@ def _write_outputs(model: Head, data: PreparedData, output: Path, *, kind: str, 
 
 
 def save_model(model: Head, path: Path, *, features_path: Path, extra: dict[str, Any], config: dict[str, Any],
-               history: list[dict[str, Any]], force: bool) -> None:
+               history: list[dict[str, Any]], force: bool, features_sha256: str | None = None) -> None:
     """A ``model`` artifact: architecture (JSON) + parameters as datasets; no pickle."""
     with artifacts.ArtifactWriter(path, kind="model", class_names=None, config=config, parent=features_path,
-                                  force=force) as writer:
+                                  parent_sha256=features_sha256, force=force) as writer:
         writer.write_model({**model.architecture(), **extra}, state_arrays(model))
         writer.write_history(history)
 
@@ -144,6 +150,7 @@ def load_model(path: Path) -> tuple[Head, dict[str, Any]]:
     if architecture.get("type") != "head":
         raise DeephashError(f"{path}: expected a head model (train-triplet / train-hash), found "
                             f"{architecture.get('type', 'an unknown model type')}")
+    artifacts.check_head(architecture, artifact.parameters, f"{path}:/model")  # nothing is built from bad fields
     model = build_head(architecture)
     load_state_arrays(model, artifact.parameters, str(path))
     return model.eval(), architecture
@@ -172,9 +179,11 @@ def run_train_triplet(features_path: Path, output: Path, *, save_model_path: Pat
     margin_list = parse_margins(margins)
     if not EMBEDDING_LOSSES[loss]["margin"]:
         margin_list = [None]  # hoffer has no margin: one run
+    artifacts.check_outputs_differ({"--output": output, "--save-model": save_model_path})
     artifacts.check_output(output, force)
     if save_model_path is not None:
         artifacts.check_output(save_model_path, force)
+    features_sha256 = artifacts.check_input(features_path)  # recorded as it was read, whatever happens to it later
     data = prepare_splits(features_path, val_fraction, options.seed)
     train, val = data.splits["train"], data.splits["val"]
     train_x, train_y, val_x = data.tensors(device)
@@ -214,11 +223,12 @@ def run_train_triplet(features_path: Path, output: Path, *, save_model_path: Pat
         save_model(model, save_model_path, features_path=features_path, config=config, history=result.history,
                    extra={"input": input_signature(data.artifact), "loss": loss, "margin": chosen_margin,
                           "produces": "embeddings", "val_fraction": val_fraction,
-                          "seed": options.seed}, force=force)
+                          "seed": options.seed}, force=force, features_sha256=features_sha256)
         config = {**config, "model": artifacts.parent_reference(save_model_path, output),
                   "model_sha256": artifacts.sha256_file(save_model_path)}
     _write_outputs(model, data, output, kind="embeddings", features_path=features_path, config=config,
-                   history=result.history, device=device, encode=lambda out: (out.cpu().numpy(), None), force=force)
+                   history=result.history, device=device, encode=lambda out: (out.cpu().numpy(), None), force=force,
+                   features_sha256=features_sha256)
     return summary
 
 
@@ -242,7 +252,9 @@ def run_train_hash(features_path: Path, output: Path, *, bits: int, method: str,
     check_bits(bits)
     spec = HASH_METHODS.get(method)
     options.check()
+    hash_options.check()
     artifacts.check_output(output, force)
+    features_sha256 = artifacts.check_input(features_path)  # recorded as it was read, whatever happens to it later
     data = prepare_splits(features_path, val_fraction, options.seed)
     train, val = data.splits["train"], data.splits["val"]
     train_x, train_y, val_x = data.tensors(device)
@@ -266,7 +278,8 @@ def run_train_hash(features_path: Path, output: Path, *, bits: int, method: str,
               "input": input_signature(data.artifact), **summary, "source": data.artifact.config}
     save_model(model, output, features_path=features_path, config=config, history=result.history,
                extra={"input": input_signature(data.artifact), "method": method, "bits": bits,
-                      "produces": "codes", "val_fraction": val_fraction, "seed": options.seed}, force=force)
+                      "produces": "codes", "val_fraction": val_fraction, "seed": options.seed}, force=force,
+               features_sha256=features_sha256)
     return summary
 
 
@@ -281,6 +294,8 @@ def run_encode(features_path: Path, model_path: Path, output: Path, *, relaxed: 
     settings, the same validation split it was selected on is carved again and stored.
     """
     artifacts.check_output(output, force)
+    features_sha256 = artifacts.check_input(features_path)
+    model_sha256 = artifacts.check_input(model_path)
     model, architecture = load_model(model_path)
     expected = architecture.get("input", {})
     data_artifact = artifacts.read_artifact(features_path, expect_kinds=("features", "embeddings"))
@@ -298,10 +313,10 @@ def run_encode(features_path: Path, model_path: Path, output: Path, *, relaxed: 
     else:
         kind, encode = "embeddings", (lambda out: (out.cpu().numpy(), None))
     config = {"stage": "encode", "model": artifacts.parent_reference(model_path, output),
-              "model_sha256": artifacts.sha256_file(model_path),
+              "model_sha256": model_sha256,
               "relaxed": relaxed, "produces": kind, "method": architecture.get("method"),
               "loss": architecture.get("loss"), "bits": architecture.get("bits"), "input": found,
               "source": data_artifact.config, "model_config": artifacts.read_header(model_path)["config"]}
     _write_outputs(model, data, output, kind=kind, features_path=features_path, config=config, history=[],
-                   device=device, encode=encode, force=force)
+                   device=device, encode=encode, force=force, features_sha256=features_sha256)
     return {"kind": kind, "bits": architecture.get("bits")}
