@@ -7,9 +7,12 @@ stdout carries only the output path (or JSON with --json); everything human goes
 from __future__ import annotations
 
 import functools
+import inspect
 import json
 import os
+import signal
 import sys
+import threading
 import traceback
 from pathlib import Path
 from typing import Callable, List, Optional
@@ -17,7 +20,38 @@ from typing import Callable, List, Optional
 import typer
 
 from deephash_cli import __version__
-from deephash_cli.errors import DeephashError
+from deephash_cli.errors import DeephashError, Terminated, on_signal, raise_pending
+
+
+def _tidy_help() -> None:
+    """Typer's rich help, made literal: option help is not searched for emoji codes (``START:END:EVERY`` is
+    not ``START🔚EVERY``) and flags get no ``<bool>`` type."""
+    try:
+        from rich.text import Text
+        from typer import core, rich_utils
+    except ImportError:  # typer without rich: plain click help, neither problem
+        return
+
+    class LiteralText(Text):
+        @classmethod
+        def from_markup(cls, text, *, style="", emoji=True, **kwargs):  # noqa: ARG003 - emoji is forced off
+            return Text.from_markup(text, style=style, emoji=False, **kwargs)
+
+    if hasattr(rich_utils, "Text"):
+        rich_utils.Text = LiteralText
+    option = getattr(core, "TyperOption", None)
+    original = getattr(option, "display_type_rich", None)
+    if original is not None and not getattr(original, "_deephash", False):
+        def display_type_rich(self, ctx):
+            if getattr(self, "is_flag", False) and self.metavar is None:
+                return None
+            return original(self, ctx)
+
+        display_type_rich._deephash = True  # type: ignore[attr-defined]
+        option.display_type_rich = display_type_rich
+
+
+_tidy_help()
 
 app = typer.Typer(
     name="deephash",
@@ -46,14 +80,59 @@ def _root(
     _STATE["debug"] = debug
 
 
+def _reflow(text: str | None) -> str | None:
+    """A docstring as help text: paragraphs kept, the line breaks inside each joined (rich help keeps single
+    line breaks, which cut the command summaries mid-sentence)."""
+    if not text:
+        return text
+    return "\n\n".join(" ".join(paragraph.split()) for paragraph in inspect.cleandoc(text).split("\n\n"))
+
+
+class _Signals:
+    """SIGTERM and SIGINT raise Terminated / KeyboardInterrupt (deferred while HDF5 writes: errors.on_signal)
+    for the duration of a command; the previous handlers come back afterwards."""
+
+    def __enter__(self) -> "_Signals":
+        self.previous = {}
+        if threading.current_thread() is threading.main_thread():
+            for signum in (signal.SIGTERM, signal.SIGINT):
+                try:
+                    self.previous[signum] = signal.signal(signum, on_signal)
+                except (ValueError, OSError):
+                    pass
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for signum, handler in self.previous.items():
+            signal.signal(signum, handler)
+
+
+def _storage_message(err: BaseException) -> str | None:
+    """The one line for a write refused for want of space anywhere (artifacts have their own message)."""
+    from deephash_cli.artifacts import printable, storage_error
+
+    reason = storage_error(err)
+    if reason is None:
+        return None
+    filename = getattr(err, "filename", None)
+    if filename:
+        return f"{printable(filename)}: write failed: {reason}"
+    last = next((line.strip() for line in reversed(str(err).splitlines()) if line.strip()), "")
+    return f"write failed: {reason} ({type(err).__name__}: {last[:200]})"
+
+
 def command(name: str, **kwargs) -> Callable:
-    """Register a command whose user errors become one `error:` line on stderr and exit status 2."""
+    """Register a command whose user errors become one `error:` line on stderr and exit status 2 (SIGTERM:
+    143, Ctrl-C: 130, both after cleaning up like any other error)."""
 
     def decorator(function: Callable) -> Callable:
         @functools.wraps(function)
         def wrapper(*args, **kw):
             try:
-                return function(*args, **kw)
+                with _Signals():
+                    result = function(*args, **kw)
+                    raise_pending()
+                return result
             except (typer.Exit, typer.Abort, SystemExit):
                 raise
             except DeephashError as err:
@@ -61,6 +140,11 @@ def command(name: str, **kwargs) -> Callable:
                     traceback.print_exc(file=sys.stderr)
                 typer.echo(f"error: {err}", err=True)
                 raise typer.Exit(2) from None
+            except Terminated:
+                if _STATE["debug"]:
+                    traceback.print_exc(file=sys.stderr)
+                typer.echo("error: terminated (SIGTERM); unfinished outputs were removed", err=True)
+                raise typer.Exit(143) from None
             except KeyboardInterrupt:
                 typer.echo("error: interrupted", err=True)
                 raise typer.Exit(130) from None
@@ -74,11 +158,16 @@ def command(name: str, **kwargs) -> Callable:
             except Exception as err:  # noqa: BLE001 - last line of defence, tracebacks only with --debug
                 if _STATE["debug"]:
                     traceback.print_exc(file=sys.stderr)
-                else:
+                message = _storage_message(err)
+                if message is not None:  # a full disk is the user's to fix, not a bug
+                    typer.echo(f"error: {message}", err=True)
+                    raise typer.Exit(2) from None
+                if not _STATE["debug"]:
                     typer.echo(f"error: internal error {type(err).__name__}: {err} (rerun with --debug for the "
                                f"traceback)", err=True)
                 raise typer.Exit(1) from None
 
+        kwargs.setdefault("help", _reflow(function.__doc__))
         return app.command(name, **kwargs)(wrapper)
 
     return decorator
@@ -123,9 +212,10 @@ STREAM_HELP = " '-' reads it from stdin (e.g. piped from another command's -o -)
 OUT_STREAM_HELP = " '-' streams it to stdout."
 
 
-def _parse_metrics(text: str) -> tuple[list[int], list[int], bool, bool]:
-    """'map,map@1000,precision@100,knn' -> (map_at Ks, precision_at Ks, want map, want knn)."""
-    map_at, precision_at, want_map, want_knn = [], [], False, False
+def _parse_metrics(text: str) -> tuple[list[int], list[int], list[str]]:
+    """'map,map@1000,precision@100,knn' -> (map_at Ks, precision_at Ks, the metric names in the order asked,
+    normalised and without repeats: ['map', 'map@1000', 'precision@100', 'knn'])."""
+    map_at, precision_at, names = [], [], []
     for raw in (part.strip() for part in text.split(",") if part.strip()):
         name, _, k = raw.partition("@")
         if name not in ("map", "precision", "knn") or (name in ("knn",) and k) or (name == "precision" and not k):
@@ -138,11 +228,14 @@ def _parse_metrics(text: str) -> tuple[list[int], list[int], bool, bool]:
             if value <= 0:
                 raise DeephashError(f"metric '{raw}': K must be a positive integer")
             (map_at if name == "map" else precision_at).append(value)
-        elif name == "map":
-            want_map = True
+            normalised = f"{name}@{value}"
         else:
-            want_knn = True
-    return map_at, precision_at, want_map, want_knn
+            normalised = name
+        if normalised not in names:
+            names.append(normalised)
+    if not names:
+        raise DeephashError("--metric needs at least one of map, map@K, precision@K, knn")
+    return map_at, precision_at, names
 
 
 # --------------------------------------------------------------------------- extract
@@ -210,7 +303,8 @@ def extract(
 def evaluate(
     file: Path = typer.Argument(..., help="A features, embeddings or codes artifact." + STREAM_HELP),
     metric: str = typer.Option("map,precision@100,knn", "--metric", "-m", help="Comma-separated: map (mAP over "
-                               "the whole database), map@K, precision@K, knn."),
+                               "the whole database), map@K, precision@K, knn. The table shows these; --json also "
+                               "lists them under 'metrics' (and keeps 'map' and 'knn_accuracy', always computed)."),
     k: int = typer.Option(10, "--k", help="Neighbours in the kNN vote."),
     distance: Optional[str] = typer.Option(None, help="euclidean or cosine for float features (default "
                                            "euclidean); codes always use Hamming."),
@@ -232,19 +326,18 @@ def evaluate(
     """Retrieval quality of an artifact: mAP, mAP@K, precision@K and kNN accuracy, one methodology for all."""
     from deephash_cli import stages
 
-    map_at, precision_at, _, _ = _parse_metrics(metric)
+    map_at, precision_at, names = _parse_metrics(metric)
     if ties not in ("expected", "optimistic", "pessimistic"):
         raise DeephashError(f"unknown --ties '{ties}'; valid names: expected, optimistic, pessimistic")
     with _streams() as io:
         result = stages.run_evaluate(io.input(file), map_at=map_at, precision_at=precision_at, knn_k=k,
                                      distance=distance, protocol=protocol, query_split=query_split,
                                      database_split=database_split, queries_per_class=queries_per_class, seed=seed,
-                                     ties=ties, record=record)
+                                     ties=ties, record=record, metrics=names)
     if as_json:
         typer.echo(json.dumps(result, indent=2))
     else:
-        from deephash_cli.reporting import evaluation_table
-        from deephash_cli.ui import stderr_console
+        from deephash_cli.ui import evaluation_table, stderr_console
 
         stderr_console().print(evaluation_table(result))
         typer.echo(str(file))
@@ -302,7 +395,7 @@ LR_MILESTONES = typer.Option("", help="Step decay: comma-separated epochs after 
                              "multiplied by --lr-gamma (e.g. 6,9). Default: constant rates.")
 LR_GAMMA = typer.Option(0.1, help="Learning-rate factor applied at each --lr-milestones epoch.")
 OPTIMIZER = typer.Option("adam", help="adam or sgd (Nesterov momentum 0.9).")
-WEIGHT_DECAY = typer.Option(0.0, help="L2 weight decay.")
+WEIGHT_DECAY = typer.Option(0.0, help="L2 weight decay, ≥ 0.")
 SEED = typer.Option(0, help="Seed of initialisation, validation split, triplets and batches.")
 EARLY = typer.Option(None, help="Stop after N epochs without validation-mAP improvement (default: never).")
 MINER = typer.Option("random", help="Triplet source: random (fresh seeded triplets over the whole train split "
@@ -376,12 +469,12 @@ def train_hash(
     method: str = typer.Option("triplet-ranking", help="triplet-ranking (Lai et al. 2015: hinge on tanh outputs, "
                                "margin bits/4; the best codes on CIFAR-10 in our measurements) or dtsh (Wang, Shi "
                                "& Kitani 2016: triplet-label likelihood on ½uᵀv, margin α, + λ‖b−u‖²)."),
-    alpha: Optional[float] = typer.Option(None, help="DTSH margin α (default bits/2, the paper's constant)."),
-    lam: float = typer.Option(1.0, "--lambda", help="DTSH quantisation weight λ."),
-    lam_warmup: int = typer.Option(0, help="DTSH: λ = 0 for the first N epochs (schedule)."),
+    alpha: Optional[float] = typer.Option(None, help="DTSH margin α, > 0 (default bits/2, the paper's constant)."),
+    lam: float = typer.Option(1.0, "--lambda", help="DTSH quantisation weight λ ≥ 0."),
+    lam_warmup: int = typer.Option(0, help="DTSH: λ = 0 for the first N ≥ 0 epochs (schedule)."),
     alpha_ramp: Optional[str] = typer.Option(None, help="DTSH: START:END:EVERY, α starts at START and doubles "
                                              "every EVERY epochs up to END, e.g. 1:16:2 (schedule)."),
-    ranking_margin: Optional[float] = typer.Option(None, help="triplet-ranking margin (default bits/4)."),
+    ranking_margin: Optional[float] = typer.Option(None, help="triplet-ranking margin, > 0 (default bits/4)."),
     head: str = typer.Option("mlp", help="Hash network: linear or mlp."),
     hidden: int = typer.Option(512, help="Hidden width of the mlp head."),
     miner: str = MINER,
@@ -486,11 +579,11 @@ def finetune(
     bits: int = typer.Option(48, help="Code length (--objective hash), 8..256."),
     method: str = typer.Option("triplet-ranking", help="Hash method (--objective hash): triplet-ranking (as "
                                "train-hash's default) or dtsh."),
-    alpha: Optional[float] = typer.Option(None, help="DTSH margin α (default bits/2)."),
-    lam: float = typer.Option(1.0, "--lambda", help="DTSH quantisation weight λ."),
-    lam_warmup: int = typer.Option(0, help="DTSH: λ = 0 for the first N epochs."),
+    alpha: Optional[float] = typer.Option(None, help="DTSH margin α, > 0 (default bits/2)."),
+    lam: float = typer.Option(1.0, "--lambda", help="DTSH quantisation weight λ ≥ 0."),
+    lam_warmup: int = typer.Option(0, help="DTSH: λ = 0 for the first N ≥ 0 epochs."),
     alpha_ramp: Optional[str] = typer.Option(None, help="DTSH: START:END:EVERY α schedule, e.g. 1:16:2."),
-    ranking_margin: Optional[float] = typer.Option(None, help="triplet-ranking margin (default bits/4)."),
+    ranking_margin: Optional[float] = typer.Option(None, help="triplet-ranking margin, > 0 (default bits/4)."),
     miner: str = typer.Option("semihard", help="Triplet source: a miner over P×K batches (all, hardest, semihard, "
                               "random-hard, distance-weighted) or random (--batch-size random "
                               "triplets per step)."),
@@ -535,6 +628,8 @@ def finetune(
                              classes_per_batch, samples_per_class, lr_milestones=lr_milestones, lr_gamma=lr_gamma)
     hash_options = HashOptions(alpha=alpha, lam=lam, lam_warmup=lam_warmup, alpha_ramp=alpha_ramp,
                                margin=ranking_margin)
+    options.check()
+    hash_options.check()
     out = output or _default_output(f"{dataset}-{backbone}.finetune-{objective}.model.h5")
     summary = run_finetune(out, objective=objective, dataset=dataset, data_dir=data_dir, backbone=backbone,
                            weights=weights, image_size=image_size, mean=mean, std=std,
@@ -641,8 +736,11 @@ def search(
     from deephash_cli.search_stages import print_results, run_search
 
     _pixel_limit(max_image_pixels)
+    from deephash_cli.artifacts import check_outputs_differ
+
+    check_outputs_differ({"--grid": grid, "--html": html_dir / "index.html" if html_dir is not None else None})
     for target in (grid, html_dir / "index.html" if html_dir is not None else None):
-        if target is not None and target.exists() and not force:
+        if target is not None and os.path.lexists(target) and not force:
             raise DeephashError(f"{target} exists; pass --force to overwrite it")
     result = run_search(index_file, images=list(images or []), queries_path=queries, query_split=query_split, k=k,
                         nprobe=nprobe, ef=ef, nflip=nflip, skip_corrupt=skip_corrupt, check_recall=check_recall,

@@ -108,12 +108,19 @@ class StreamSession:
         spool = self._temp_folder() / "stdin.h5"
         digest = hashlib.sha256()
         size = 0
-        with open(spool, "wb") as handle:
-            for block in iter(lambda: binary.read(CHUNK_BYTES), b""):
-                digest.update(block)
-                handle.write(block)
-                size += len(block)
-        self._spool, self._spool_sha256 = spool, digest.hexdigest()
+        self._spool = spool  # removed with the folder, whatever happens next
+        try:
+            with open(spool, "wb") as handle:
+                for block in iter(lambda: binary.read(CHUNK_BYTES), b""):
+                    digest.update(block)
+                    handle.write(block)
+                    size += len(block)
+        except OSError as err:
+            reason = artifacts.storage_error(err)
+            if reason is None:
+                raise
+            raise DeephashError(f"stdin: cannot spool it to a temporary file in {spool.parent}: {reason}") from None
+        self._spool_sha256 = digest.hexdigest()
         artifacts.set_display_name(spool, STREAM)
         if size == 0:
             raise DeephashError("stdin: empty (expected a deephash artifact streamed on stdin)")

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from contextlib import contextmanager
-from typing import Iterator
+from typing import Any, Iterator, Mapping, Sequence
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
 
 
 def stderr_console() -> Console:
@@ -43,3 +44,33 @@ def advance(progress: Progress, n: int, unit: str = "img", **fields: str) -> Non
     speed = progress.tasks[0].speed
     if speed:
         progress.update(task_id, rate=f"{speed:,.0f} {unit}/s")
+
+
+def evaluation_table(result: Mapping[str, Any], metrics: Sequence[str] | None = None) -> Table:
+    """A rich table of one ``evaluate`` result showing the ``metrics`` asked for (names as ``--metric`` takes
+    them: map, map@K, precision@K, knn; default the result's ``metrics`` list, else all of them), then the
+    query and database sizes."""
+    if metrics is None:
+        metrics = result.get("metrics") or ["map", *(f"map@{k}" for k in result.get("map_at", {})),
+                                            *(f"precision@{k}" for k in result.get("precision_at", {})), "knn"]
+    table = Table(title=f"{result['file']} ({result['kind']}, {result['distance']})", title_justify="left")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for name in metrics:
+        metric, _, k = name.partition("@")
+        if name == "map":
+            table.add_row(f"mAP@all ({result['ties']})", f"{result['map']:.4f}")
+            if result["distance"] == "hamming":
+                table.add_row("mAP@all optimistic / pessimistic",
+                              f"{result['map_optimistic']:.4f} / {result['map_pessimistic']:.4f}")
+        elif metric == "map":
+            table.add_row(f"mAP@{k}", f"{result['map_at'][k]:.4f}")
+        elif metric == "precision":
+            table.add_row(f"precision@{k}", f"{result['precision_at'][k]:.4f}")
+        elif name == "knn":
+            table.add_row(f"kNN accuracy (k={result['knn_k']})", f"{result['knn_accuracy']:.4f}")
+    table.add_row("queries / database", f"{result['queries']} / {result['database']}")
+    if result.get("queries_without_relevant"):
+        table.add_row("queries without relevant item", str(result["queries_without_relevant"]))
+    table.caption = result.get("selection", "")
+    return table
