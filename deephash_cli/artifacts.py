@@ -474,8 +474,9 @@ class ArtifactWriter:
             if self.parent is not None:
                 attrs["parent"] = printable(parent_reference(self.parent, self.path))
                 attrs["parent_sha256"] = parent_hash
-            if self.class_names is not None:
-                self.file.create_dataset("class_names", data=np.array(self.class_names, dtype=h5py.string_dtype()))
+            if self.class_names is not None:  # folder names that are not UTF-8 are stored with \xNN escapes
+                self.file.create_dataset("class_names", data=np.array([printable(str(c)) for c in self.class_names],
+                                                                      dtype=h5py.string_dtype()))
             self.check_storage()
         except BaseException as err:
             self._discard()
@@ -674,7 +675,7 @@ class SplitWriter:
         self.labels[self.offset:end] = labels
         self.index[self.offset:end] = index
         if self.paths is not None:
-            self.paths[self.offset:end] = np.asarray([str(p) for p in paths], dtype=object)
+            self.paths[self.offset:end] = np.asarray([printable(str(p)) for p in paths], dtype=object)
         self.offset = end
         if self.check is not None:
             self.check()

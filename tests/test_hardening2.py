@@ -213,6 +213,23 @@ def test_a_command_line_that_is_not_utf8_is_stored_escaped(tmp_path, monkeypatch
     assert artifacts.read_header(tmp_path / "a.h5")["command"] == "deephash extract --data-dir '/data/\\xfe'"
 
 
+def test_image_and_class_folder_names_that_are_not_utf8_are_stored_escaped(runner, tmp_path):
+    root = tmp_path / "imgs"
+    for cls in ("a", os.fsdecode(b"b\xfe")):
+        (root / "train" / cls).mkdir(parents=True)
+        for i in range(4):
+            Image.new("RGB", (8, 8), (i * 40, 0, 0)).save(root / "train" / cls / f"{i}.png")
+    (root / "train" / "a" / "0.png").rename(root / "train" / "a" / os.fsdecode(b"\xff.png"))
+    out = tmp_path / "f.h5"
+    result = invoke(runner, "extract", "--dataset", "imagefolder", "--data-dir", root, "--test-fraction", "0.25",
+                    "-o", out)
+    assert result.exit_code == 0, result.output
+    art = read_artifact(out)
+    assert art.class_names == ["a", "b\\xfe"]
+    names = [name for split in art.splits.values() for name in split.names()]
+    assert "train/a/\\xff.png" in names and "train/b\\xfe/0.png" in names
+
+
 # --------------------------------------------------------------------------- #5 SIGTERM
 
 
