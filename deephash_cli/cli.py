@@ -758,8 +758,12 @@ def search(
         from deephash_cli.gallery import save_html
 
         save_html(result, html_dir, force=force)
-    if "recall" in result and as_json:
-        typer.echo(json.dumps({"recall": result["recall"]}))
+    if "recall" in result:
+        from deephash_cli.search_stages import print_recall
+
+        print_recall(result)
+        if as_json:
+            typer.echo(json.dumps({"recall": result["recall"]}))
 
 
 # --------------------------------------------------------------------------- info / report

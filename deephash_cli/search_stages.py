@@ -360,6 +360,13 @@ def _recall(stored: artifacts.IndexArtifact, spec: IndexSpec, prepared: np.ndarr
     return {"recall_at_k": value, "k": k, "note": "against exact (flat) search over the stored item vectors"}
 
 
+def print_recall(result: dict[str, Any]) -> None:
+    """``--check-recall``'s line on stderr (tables and JSON lines keep stdout)."""
+    recall = result["recall"]
+    stderr_console().print(f"recall@{recall['k']} {recall['recall_at_k']:.4f} over {len(result['queries'])} "
+                           f"queries ({recall['note']})", soft_wrap=True)
+
+
 def print_results(result: dict[str, Any], echo: Callable[[str], None]) -> None:
     """The readable view: one small table per query (rank, path, class, distance)."""
     for q, query in enumerate(result["queries"], start=1):
@@ -371,6 +378,3 @@ def print_results(result: dict[str, Any], echo: Callable[[str], None]) -> None:
             mark = "" if row["relevant"] is None else (" +" if row["relevant"] else " -")
             distance = f"{row['distance']}" if isinstance(row["distance"], int) else f"{row['distance']:.4f}"
             echo(f"  {row['rank']:>4}  {row['path']:<{width}}  {row['class']:<12} {distance}{mark}")
-    if "recall" in result:
-        recall = result["recall"]
-        stderr_console().print(f"recall@{recall['k']} {recall['recall_at_k']:.4f} ({recall['note']})")
