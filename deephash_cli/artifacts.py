@@ -137,10 +137,15 @@ def library_versions() -> dict[str, str]:
     """Versions of the libraries whose behaviour shapes the numbers in an artifact."""
     versions = {"deephash": __version__, "python": platform.python_version(), "numpy": np.__version__,
                 "h5py": h5py.__version__}
-    for name in ("torch", "torchvision", "sklearn"):
+    for name in ("torch", "torchvision", "sklearn", "faiss"):
         module = sys.modules.get(name)
         if module is not None:
             versions[name] = getattr(module, "__version__", "unknown")
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        # What decides float results beyond the seed: a rerun with another intra-op thread count can differ.
+        versions["torch_threads"] = str(torch.get_num_threads())
+        versions["torch_deterministic"] = str(torch.are_deterministic_algorithms_enabled()).lower()
     return versions
 
 

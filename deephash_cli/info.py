@@ -186,6 +186,7 @@ def describe(path: Path) -> dict[str, Any]:
         "splits": summary["splits"], "class_names": summary["class_names"],
         "key_config": key_config(header, summary["splits"]), "history_epochs": len(summary["history"]),
         "sha256": artifacts.sha256_file(path), "config": config,
+        "versions": header.get("versions", {}),
     }
     if summary["model"] is not None:
         architecture = summary["model"]["architecture"]
@@ -256,6 +257,11 @@ def render(info: Mapping[str, Any]) -> str:
              f"  created   {info['created']} by {info['generator']}",
              f"  command   {info['command']}",
              f"  sha256    {info['sha256']}"]
+    versions = info.get("versions") or {}
+    if isinstance(versions, Mapping) and versions.get("torch_threads"):
+        lines.append(f"  runtime   torch {versions.get('torch')}, {versions['torch_threads']} intra-op threads, "
+                     f"deterministic algorithms {versions.get('torch_deterministic', 'unknown')} (rerun with "
+                     f"OMP_NUM_THREADS={versions['torch_threads']} to reproduce)")
     lines.append("splits:" if info["kind"] != "index" else "splits: (an index holds items, below)")
     for name, split in info["splits"].items():
         shape = "×".join(str(n) for n in split["shape"])

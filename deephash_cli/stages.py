@@ -134,7 +134,8 @@ def native_image_size(sources: dict[str, Any]) -> int:
 def run_evaluate(file: Path, *, map_at: list[int], precision_at: list[int], knn_k: int, distance: str | None,
                  protocol: str, query_split: str, database_split: str, queries_per_class: int, seed: int,
                  ties: str = "expected", record: bool = False, metrics: list[str] | None = None) -> dict[str, Any]:
-    """Evaluate retrieval on an artifact; returns the JSON-able result (see docs/evaluation.md).
+    """Evaluate retrieval on an artifact; returns the JSON-able result (the methodology is described in
+    docs/results/experiments.md, "Evaluation methodology").
 
     The result's ``setting`` names what was evaluated (protocol, distance, selection, metrics). With
     ``record`` it is also stored in the artifact's ``.evals.json`` sidecar (``records.add_record``,

@@ -230,3 +230,15 @@ def test_map_vs_bits_keeps_fine_tuned_codes_apart_and_takes_the_best_of_a_series
     assert map_vs_bits_series(rows) == {"triplet-ranking (head)": ([12, 48], [0.6, 0.7]),
                                         "triplet-ranking (fine-tuned)": ([48], [0.85])}
     assert map_vs_bits_series(rows[:2]) == {"triplet-ranking": ([12, 48], [0.6, 0.7])}
+
+
+def test_artifacts_record_the_thread_count_and_info_shows_it(runner, tmp_path):
+    import torch
+
+    out = tmp_path / "f.h5"
+    assert invoke(runner, "extract", "--dataset", "digits", "--limit-per-class", "5", "-o", out).exit_code == 0
+    info = json.loads(invoke(runner, "info", out, "--json").stdout)
+    assert info["versions"]["torch_threads"] == str(torch.get_num_threads())
+    assert info["versions"]["torch_deterministic"] in ("true", "false")
+    text = invoke(runner, "info", out).stdout
+    assert f"{torch.get_num_threads()} intra-op threads" in text
