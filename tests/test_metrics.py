@@ -553,3 +553,205 @@ def test_huge_features_are_rejected_instead_of_producing_nan():
     x = np.full((2, 4), 1e19, dtype=np.float32)
     with pytest.raises(DeephashError, match="too large"):
         evaluate_retrieval(x, [0, 1], x, [0, 1], distance="euclidean")
+
+
+# --------------------------------------------------------------------------------------
+# Float path (bucket tables): closed-form reference and invariances
+# --------------------------------------------------------------------------------------
+
+
+def closed_form_query_metrics(dist: list, rel: list[int], map_ks, prec_ks):
+    """Tie-aware AP (expected, optimistic, pessimistic), AP@K and P@K of one query by plain
+    loops over its tie groups (the closed forms of the module docstring, not its code):
+    a group of m items, r relevant, after N items of which Rb relevant, contributes
+    E[P(N+i) rel(N+i)] = ((r/m)(Rb+1) + (i-1) r(r-1)/(m(m-1))) / (N+i) at its i-th place."""
+    n, R = len(dist), sum(rel)
+    ap, ap_at, prec = 0.0, {K: 0.0 for K in map_ks}, {K: 0.0 for K in prec_ks}
+    N = Rb = 0
+    for _, group in itertools.groupby(sorted(zip(dist, rel)), key=lambda t: t[0]):
+        flags = [t[1] for t in group]
+        m, r = len(flags), sum(flags)
+        for i in range(1, m + 1):
+            if r == 0:
+                break
+            term = ((r / m) * (Rb + 1) + ((i - 1) * r * (r - 1) / (m * (m - 1)) if m > 1 else 0.0)) / (N + i)
+            ap += term
+            for K in map_ks:
+                if N + i <= K:
+                    ap_at[K] += term
+        for K in prec_ks:
+            prec[K] += r * min(max(min(K, n) - N, 0), m) / m
+        N, Rb = N + m, Rb + r
+    orders = {
+        "opt": sorted(range(n), key=lambda j: (dist[j], -rel[j])),
+        "pess": sorted(range(n), key=lambda j: (dist[j], rel[j])),
+    }
+    opt, pess = (ap_at_of_order([rel[j] for j in orders[key]], None) for key in ("opt", "pess"))
+    return (
+        ap / R if R else 0.0,
+        opt,
+        pess,
+        {K: (ap_at[K] / min(R, K) if R else 0.0) for K in map_ks},
+        {K: prec[K] / min(K, n) for K in prec_ks},
+    )
+
+
+def naive_knn(dist: list, knn_k: int, db_labels: list):
+    """Tie-aware k-NN vote of one query (same rules as naive_query_metrics)."""
+    n = len(dist)
+    kk = min(knn_k, n)
+    d_k = sorted(dist)[kk - 1]
+    closer = [j for j in range(n) if dist[j] < d_k]
+    tied = [j for j in range(n) if dist[j] == d_k]
+    share = Fraction(kk - len(closer), len(tied))
+    votes: dict[int, Fraction] = {}
+    nearest: dict[int, float] = {}
+    for j in closer + tied:
+        votes[db_labels[j]] = votes.get(db_labels[j], Fraction(0)) + (1 if j in closer else share)
+        nearest[db_labels[j]] = min(nearest.get(db_labels[j], float("inf")), dist[j])
+    best = max(votes.values())
+    return min((lab for lab in votes if votes[lab] == best), key=lambda lab: (nearest[lab], lab))
+
+
+def closed_form_evaluate(dist_matrix, q_labels, db_labels, map_ks, prec_ks, knn_k, exclude_self=False):
+    rows = []
+    for i in range(len(q_labels)):
+        cols = [j for j in range(len(db_labels)) if not (exclude_self and j == i)]
+        dist = [float(dist_matrix[i][j]) for j in cols]
+        labels = [int(db_labels[j]) for j in cols]
+        rel = [int(lab == q_labels[i]) for lab in labels]
+        rows.append(closed_form_query_metrics(dist, rel, map_ks, prec_ks) + (naive_knn(dist, knn_k, labels),))
+    mean = lambda xs: sum(xs) / len(xs)  # noqa: E731
+    return {
+        "map": mean([r[0] for r in rows]),
+        "map_optimistic": mean([r[1] for r in rows]),
+        "map_pessimistic": mean([r[2] for r in rows]),
+        "map_at": {K: mean([r[3][K] for r in rows]) for K in map_ks},
+        "precision_at": {K: mean([r[4][K] for r in rows]) for K in prec_ks},
+        "knn_accuracy": mean([float(r[5] == q_labels[i]) for i, r in enumerate(rows)]),
+    }
+
+
+def float32_distances(q, db, distance):
+    """The module's float32 distances for small-integer features (exact dot products, so the
+    result does not depend on how the matmul is blocked)."""
+    q, db = np.asarray(q, np.float32), np.asarray(db, np.float32)
+    dot = q @ db.T
+    if distance == "euclidean":
+        d = dot * np.float32(-2.0)
+        d += np.einsum("ij,ij->i", db, db)[None, :]
+        d += np.einsum("ij,ij->i", q, q)[:, None]
+        return np.maximum(d, np.float32(0.0))
+    inv = lambda x: np.where(  # noqa: E731
+        (nrm := np.sqrt(np.einsum("ij,ij->i", x, x, dtype=np.float64))) > 0, 1.0 / np.where(nrm > 0, nrm, 1.0), 0.0
+    ).astype(np.float32)
+    d = dot * inv(db)[None, :]
+    d *= -inv(q)[:, None]
+    return d + np.float32(0.0)
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_closed_form_reference_matches_permutation_reference(seed):
+    # The closed-form reference used below is itself checked against all orderings.
+    rng = np.random.default_rng(300 + seed)
+    nq, ndb = int(rng.integers(1, 4)), int(rng.integers(2, 8))
+    q, db = rng.integers(-1, 2, (nq, 2)), rng.integers(-1, 2, (ndb, 2))
+    ql, dl = rng.integers(0, 2, nq), rng.integers(0, 2, ndb)
+    dist = naive_sq_euclidean(q, db)
+    ref = naive_evaluate(dist, ql.tolist(), dl.tolist(), (1, 3), (2, 5), 3)
+    got = closed_form_evaluate(dist, ql.tolist(), dl.tolist(), (1, 3), (2, 5), 3)
+    for key in ("map", "map_optimistic", "map_pessimistic", "knn_accuracy"):
+        assert got[key] == pytest.approx(ref[key], abs=1e-12)
+    for key in ("map_at", "precision_at"):
+        assert got[key] == pytest.approx(ref[key], abs=1e-12)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    nq=st.integers(1, 12),
+    ndb=st.integers(2, 300),
+    dim=st.integers(1, 4),
+    spread=st.sampled_from([1, 3, 30, 1000]),
+    n_labels=st.integers(1, 4),
+    distance=st.sampled_from(["euclidean", "cosine"]),
+    exclude_self=st.booleans(),
+    chunk=st.sampled_from([None, 1, 5]),
+    knn_k=st.integers(1, 12),
+    seed=st.integers(0, 2**32 - 1),
+)
+def test_property_float_path_equals_closed_form(nq, ndb, dim, spread, n_labels, distance, exclude_self, chunk, knn_k, seed):
+    # Integer features: exact distances.  Small spreads give massive ties (many relevant items
+    # in one bucket, binary-search fallback), large ones mostly distinct distances.
+    rng = np.random.default_rng(seed)
+    db = rng.integers(-spread, spread + 1, (ndb, dim))
+    dl = rng.integers(0, n_labels, ndb)
+    q, ql = (db, dl) if exclude_self else (rng.integers(-spread, spread + 1, (nq, dim)), rng.integers(0, n_labels, nq))
+    map_ks, prec_ks = (1, 10, 100), (1, 10, 1000)
+    res = evaluate_retrieval(q.astype(np.float32), ql, db.astype(np.float32), dl, distance=distance, map_at=map_ks,
+                             precision_at=prec_ks, knn_k=knn_k, chunk_size=chunk, exclude_self=exclude_self)
+    dist = float32_distances(q, db, distance)
+    ref = closed_form_evaluate(dist, ql.tolist(), dl.tolist(), map_ks, prec_ks, knn_k, exclude_self)
+    assert_matches(res, ref, tol=1e-12)
+
+
+@pytest.mark.parametrize("distance", ["euclidean", "cosine"])
+@pytest.mark.parametrize("exclude_self", [False, True])
+def test_float_results_do_not_depend_on_bucket_count_or_block_size(distance, exclude_self):
+    # The buckets only decide which items are compared exactly: results are the same with
+    # 4 buckets (everything collides), one comparison before the binary search, 1-row blocks.
+    rng = np.random.default_rng(7)
+    db = np.concatenate([rng.normal(size=(900, 6)), np.repeat(rng.normal(size=(30, 6)), 10, axis=0)]).astype(np.float32)
+    dl = rng.integers(0, 3, db.shape[0])
+    q, ql = (db, dl) if exclude_self else (rng.normal(size=(37, 6)).astype(np.float32), rng.integers(0, 3, 37))
+    kw = dict(distance=distance, map_at=(5, 50, 5000), precision_at=(1, 20, 300), knn_k=6, exclude_self=exclude_self)
+    base = evaluate_retrieval(q, ql, db, dl, **kw).to_dict()
+    from unittest import mock
+
+    for buckets, scan, rows in ((4, 1, 1), (64, 2, 3), (1 << 10, 8, 8)):
+        with mock.patch.object(metrics_mod, "_FLOAT_BUCKETS", buckets), mock.patch.object(
+            metrics_mod, "_FLOAT_SCAN", scan
+        ), mock.patch.object(metrics_mod, "_FLOAT_BLOCK_ROWS", rows):
+            got = evaluate_retrieval(q, ql, db, dl, **kw).to_dict()
+        assert got.keys() == base.keys()
+        for key, value in base.items():
+            if isinstance(value, (dict, float)):
+                assert got[key] == pytest.approx(value, abs=1e-12), (key, buckets, scan, rows)
+            else:
+                assert got[key] == value, (key, buckets, scan, rows)
+
+
+def test_sort_relevant_is_an_exact_sort():
+    rng = np.random.default_rng(11)
+    for trial in range(200):
+        rows, R = int(rng.integers(1, 5)), int(rng.integers(1, 300))
+        kind = trial % 3
+        if kind == 0:
+            v = rng.normal(size=(rows, R))
+        elif kind == 1:
+            v = rng.integers(-4, 5, (rows, R))  # many equal values
+        else:
+            v = rng.normal(size=(rows, R)) * 1e-30  # tiny and negative values
+        v = v.astype(np.float32) + np.float32(0.0)
+        lo, hi = v.min(axis=1), v.max(axis=1)
+        n_buckets = int(rng.integers(1, 50))
+        scale = np.where(hi > lo, n_buckets / np.where(hi > lo, hi - lo, 1).astype(np.float64), 0).astype(np.float32)
+        buckets = ((v - lo[:, None]) * scale[:, None]).astype(np.uint16)
+        rs, rbs = metrics_mod._sort_relevant(v, buckets)
+        np.testing.assert_array_equal(rs, np.sort(v, axis=1))
+        assert np.all(np.diff(rbs.astype(np.int64), axis=1) >= 0)
+
+
+def test_float_path_matches_closed_form_on_a_larger_database():
+    # Continuous features, several blocks and label runs in one chunk.  One chunk holds all
+    # 40 queries, so the module's matmul is the same call as the reference's: equal float32
+    # distances, including their (rare) exact ties.
+    rng = np.random.default_rng(12)
+    q = rng.normal(size=(40, 16)).astype(np.float32)
+    db = rng.normal(size=(4000, 16)).astype(np.float32)
+    ql, dl = rng.integers(0, 5, 40), rng.integers(0, 5, 4000)
+    map_ks, prec_ks = (100, 4000), (10, 500)
+    res = evaluate_retrieval(q, ql, db, dl, distance="euclidean", map_at=map_ks, precision_at=prec_ks, knn_k=7)
+    dist = float32_distances(q, db, "euclidean")
+    assert_matches(res, closed_form_evaluate(dist, ql.tolist(), dl.tolist(), map_ks, prec_ks, 7), tol=1e-12)
+    aps = [average_precision_score(dl == ql[i], -dist[i].astype(np.float64)) for i in range(40)]
+    assert res.map == pytest.approx(np.mean(aps), abs=1e-6)  # sklearn: no tie-awareness
