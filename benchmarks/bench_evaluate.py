@@ -283,7 +283,8 @@ def legacy_float_evaluate(query, query_labels, database, database_labels, *, dis
     ap_at = {K: np.empty(n_q) for K in map_ks}
     prec = {K: np.empty(n_q) for K in prec_ks}
     pred = np.empty(n_q, dtype=np.int64)
-    for c0, c1, groups, chunk_pred in legacy_float_pass(qf, q_lab, q_order, dbf, db_lab, label_members, distance, k, chunk):
+    passes = legacy_float_pass(qf, q_lab, q_order, dbf, db_lab, label_members, distance, k, chunk)
+    for c0, c1, groups, chunk_pred in passes:
         per_q = legacy_group_metrics(*groups, c1 - c0, n_db, R_sorted[c0:c1], map_ks, prec_ks)
         ap[c0:c1], ap_opt[c0:c1], ap_pess[c0:c1] = per_q.ap, per_q.ap_opt, per_q.ap_pess
         for K in map_ks:

@@ -282,7 +282,13 @@ def _group_metrics(
 
 
 def _tie_group_terms(
-    N: np.ndarray, m: np.ndarray, Rb: np.ndarray, r: np.ndarray, map_ks: tuple[int, ...], prec_ks: tuple[int, ...], n_db: int
+    N: np.ndarray,
+    m: np.ndarray,
+    Rb: np.ndarray,
+    r: np.ndarray,
+    map_ks: tuple[int, ...],
+    prec_ks: tuple[int, ...],
+    n_db: int,
 ) -> _PerQuery:
     """Contributions of tie groups of size m >= 2 (one entry per group, not yet per query).
 
@@ -948,62 +954,62 @@ def _tie_groups(rs: np.ndarray, eqc: np.ndarray) -> tuple[np.ndarray, np.ndarray
     return first, last
 
 
-def _rank_sums(rs, cnt, eqc, n_db, map_ks, prec_ks) -> _PerQuery:
-    """Per-row numerators (R·AP variants, min(R,K)·AP@K, relevant count in the top K) from
-    the output of :func:`_block_ranks`."""
+def _rank_sums(rs, cnt, eqc, n_db, map_ks, prec_ks):
+    """Per-row numerators (R·AP variants, min(R,K)·AP@K, relevant count in the top K) of the
+    relevant items that are alone in their tie group, from the output of
+    :func:`_block_ranks`; and the true tie groups as (row, N, m, Rb, r) arrays, whose terms
+    the caller adds (see :func:`_tie_group_terms`)."""
     b, R = rs.shape
-    rows = np.arange(b)
     # Items before the group starting at relevant index j: j relevant + irrelevant with q <= j.
     before = np.cumsum(cnt, axis=1)[:, :R]
     before += np.arange(R)
     # Every relevant item taken as a singleton group: P(before + 1) = (j + 1) / (before + 1);
-    # the few true tie groups are corrected below.
+    # the members of true tie groups are removed below.
     cum = np.cumsum(np.arange(1, R + 1, dtype=np.float64) / (before + 1.0), axis=1)
     ap = cum[:, -1].copy()
     out = _PerQuery(ap=ap, ap_opt=ap.copy(), ap_pess=ap.copy())
+    # before is increasing along a row: the items before rank K are a prefix, found by one
+    # binary search per row in the rows laid end to end.
+    stride = int(before[:, -1].max()) + 1
+    flat_before = (before + (np.arange(b) * stride)[:, None]).reshape(-1)
+    row_base = np.arange(b) * stride
+
+    def count_below(K):  # per row: #{j: before[j] < K}
+        return np.searchsorted(flat_before, row_base + min(K, stride)) - np.arange(b) * R
+
     for K in map_ks:
-        c = np.count_nonzero(before < K, axis=1)  # before is increasing along a row
-        out.ap_at[K] = np.where(c > 0, cum[rows, np.maximum(c - 1, 0)], 0.0)
+        c = count_below(K)
+        out.ap_at[K] = np.where(c > 0, cum.reshape(-1)[np.arange(b) * R + np.maximum(c - 1, 0)], 0.0)
     for K in prec_ks:
-        out.prec_at[K] = np.count_nonzero(before < min(K, n_db), axis=1).astype(np.float64)
+        out.prec_at[K] = count_below(min(K, n_db)).astype(np.float64)
     first, last = _tie_groups(rs, eqc)
-    if first.size:
-        size = last - first + 1
-        grow = first // R
-        # Remove the members' singleton terms.
-        pos = np.repeat(first - np.cumsum(size) + size, size) + np.arange(size.sum())
-        prow = pos // R
-        term = (pos - prow * R + 1.0) / (before.reshape(-1)[pos] + 1.0)
-        bpos = before.reshape(-1)[pos]
-        sub = lambda total, w: total.__isub__(np.bincount(prow, weights=w, minlength=b))  # noqa: E731
-        sub(out.ap, term), sub(out.ap_opt, term), sub(out.ap_pess, term)
-        for K in map_ks:
-            sub(out.ap_at[K], np.where(bpos < K, term, 0.0))
-        for K in prec_ks:
-            sub(out.prec_at[K], (bpos < min(K, n_db)).astype(np.float64))
-        # Add the exact tie-group terms.
-        ties = _tie_group_terms(
-            before.reshape(-1)[first], size + eqc[:, 1:].reshape(-1)[last], first - grow * R, size,
-            map_ks, prec_ks, n_db,
-        )
-        add = lambda total, w: total.__iadd__(np.bincount(grow, weights=w, minlength=b))  # noqa: E731
-        add(out.ap, ties.ap), add(out.ap_opt, ties.ap_opt), add(out.ap_pess, ties.ap_pess)
-        for K in map_ks:
-            add(out.ap_at[K], ties.ap_at[K])
-        for K in prec_ks:
-            add(out.prec_at[K], ties.prec_at[K])
-    return out
+    if not first.size:
+        return out, None
+    size = last - first + 1
+    grow = first // R
+    # Remove the members' singleton terms.
+    pos = np.repeat(first - np.cumsum(size) + size, size) + np.arange(size.sum())
+    prow = pos // R
+    bpos = before.reshape(-1)[pos]
+    term = (pos - prow * R + 1.0) / (bpos + 1.0)
+    sub = lambda total, w: total.__isub__(np.bincount(prow, weights=w, minlength=b))  # noqa: E731
+    sub(out.ap, term), sub(out.ap_opt, term), sub(out.ap_pess, term)
+    for K in map_ks:
+        sub(out.ap_at[K], np.where(bpos < K, term, 0.0))
+    for K in prec_ks:
+        sub(out.prec_at[K], (bpos < min(K, n_db)).astype(np.float64))
+    groups = (grow, before.reshape(-1)[first], size + eqc[:, 1:].reshape(-1)[last], first - grow * R, size)
+    return out, groups
 
 
 def _float_pass(qf, q_lab, q_order, dbf, db_lab, distance, k, chunk, exclude_self, R_sorted, n_eff, map_ks, prec_ks):
     """Yield (c0, c1, per-query metrics, k-NN predictions) per chunk of rows c0:c1 of ``q_order``.
 
-    Per chunk: one matmul gives the distances; then, by blocks of rows of one label, each distance gets a
-    bucket linear in it (65,534 buckets spanning the row), and a per-row table over the
-    buckets of the relevant items (sorted by a radix sort on the bucket) tells every
-    irrelevant item how many relevant distances lie below its bucket.  Only items sharing a
-    bucket with relevant items are compared with them; a histogram of the counts then gives
-    every relevant item's rank and its exact tie group.
+    Per chunk: one matmul gives the distances; then, for blocks of rows of one label, each
+    distance gets a bucket linear in it (65,534 buckets over the row's range) and
+    :func:`_block_ranks` counts, for every irrelevant item, the relevant distances <= it
+    (a table over the buckets, plus comparisons with the relevant distances of its own
+    bucket only); :func:`_rank_sums` turns the counts into the metrics.
     """
     n_q = q_order.size
     q_lab_sorted = q_lab[q_order]
@@ -1047,7 +1053,7 @@ def _float_pass(qf, q_lab, q_order, dbf, db_lab, distance, k, chunk, exclude_sel
         sums = _PerQuery(ap=np.zeros(m), ap_opt=np.zeros(m), ap_pess=np.zeros(m))
         sums.ap_at.update({K: np.zeros(m) for K in map_ks})
         sums.prec_at.update({K: np.zeros(m) for K in prec_ks})
-        cand_rows, cand_cols, cand_d = [], [], []
+        cand_rows, cand_cols, cand_d, tie_parts = [], [], [], []
         for a, b in _label_runs(q_lab_sorted[c0:c1]):
             label = int(q_lab_sorted[c0 + a])
             members = members_of.get(label)
@@ -1057,7 +1063,7 @@ def _float_pass(qf, q_lab, q_order, dbf, db_lab, distance, k, chunk, exclude_sel
                 D = dist[r0:r1]
                 if distance == "euclidean":
                     # ||q||^2 + ||d||^2 - 2 q.d, clamped at 0 against rounding (as faiss does;
-                    # below, only in rows that have a negative value).
+                    # below, in the rows that have a negative value: the others are unchanged).
                     if not prescale:
                         D *= -2.0
                     D += db_sq[None, :]
@@ -1099,12 +1105,23 @@ def _float_pass(qf, q_lab, q_order, dbf, db_lab, distance, k, chunk, exclude_sel
                 if exclude_self:
                     idx[local, self_cols[r0:r1]] = _FLOAT_BUCKETS - 1
                 rs, cnt, eqc = _block_ranks(D, idx, lo, scale, members, self_cols[r0:r1] if exclude_self else None, S)
-                part = _rank_sums(rs, cnt, eqc, n_eff, map_ks, prec_ks)
+                part, groups = _rank_sums(rs, cnt, eqc, n_eff, map_ks, prec_ks)
+                if groups is not None:
+                    tie_parts.append((groups[0] + r0,) + groups[1:])
                 sums.ap[r0:r1], sums.ap_opt[r0:r1], sums.ap_pess[r0:r1] = part.ap, part.ap_opt, part.ap_pess
                 for K in map_ks:
                     sums.ap_at[K][r0:r1] = part.ap_at[K]
                 for K in prec_ks:
                     sums.prec_at[K][r0:r1] = part.prec_at[K]
+        if tie_parts:  # the exact terms of all true tie groups of the chunk at once
+            grow, N, size, Rb, r = (np.concatenate(part) for part in zip(*tie_parts))
+            ties = _tie_group_terms(N, size, Rb, r, map_ks, prec_ks, n_eff)
+            add = lambda total, w: total.__iadd__(np.bincount(grow, weights=w, minlength=m))  # noqa: E731
+            add(sums.ap, ties.ap), add(sums.ap_opt, ties.ap_opt), add(sums.ap_pess, ties.ap_pess)
+            for K in map_ks:
+                add(sums.ap_at[K], ties.ap_at[K])
+            for K in prec_ks:
+                add(sums.prec_at[K], ties.prec_at[K])
         rows = np.concatenate(cand_rows)
         cols = np.concatenate(cand_cols)
         d = np.concatenate(cand_d)

@@ -679,7 +679,9 @@ def test_closed_form_reference_matches_permutation_reference(seed):
     knn_k=st.integers(1, 12),
     seed=st.integers(0, 2**32 - 1),
 )
-def test_property_float_path_equals_closed_form(nq, ndb, dim, spread, n_labels, distance, exclude_self, chunk, knn_k, seed):
+def test_property_float_path_equals_closed_form(
+    nq, ndb, dim, spread, n_labels, distance, exclude_self, chunk, knn_k, seed
+):
     # Integer features: exact distances.  Small spreads give massive ties (many relevant items
     # in one bucket, binary-search fallback), large ones mostly distinct distances.
     rng = np.random.default_rng(seed)
