@@ -329,23 +329,18 @@ def deserialize(data: np.ndarray, spec: IndexSpec, where: str):
         raise DeephashError(f"{where}: the stored faiss index cannot be read by faiss {faiss.__version__} "
                             f"({_first_line(err)}); the file is truncated, damaged or from an incompatible faiss: "
                             f"rebuild it with deephash index") from None
-    width = index.d if spec.binary else index.d
     expected = code_dimension(spec.width) if spec.binary else spec.width
-    if width != expected:
-        raise DeephashError(f"{where}: the stored faiss index has dimension {width}, its spec says {expected}")
+    if index.d != expected:
+        raise DeephashError(f"{where}: the stored faiss index has dimension {index.d}, its spec says {expected}")
     return index
-
-
-def ntotal_after_training(index) -> int:
-    """Items in the index (``index.ntotal``)."""
-    return int(index.ntotal)
 
 
 def exact_neighbours(spec: IndexSpec, database: np.ndarray, queries: np.ndarray, k: int
                      ) -> tuple[np.ndarray, np.ndarray]:
     """Ground truth for ``--check-recall``: a flat index over ``database`` searched for ``queries``."""
-    flat = build(IndexSpec("flat", spec.binary, spec.metric, spec.width), database[:0] if len(database) else database)
-    add(flat, spec, database)
+    exact = IndexSpec("flat", spec.binary, spec.metric, spec.width)
+    flat = build(exact, database)  # a flat index needs no training: nothing is fitted on the database
+    add(flat, exact, database)
     return search(flat, prepare(spec, queries), k)
 
 

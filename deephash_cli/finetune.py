@@ -17,7 +17,6 @@ split through the model. Under ``torchrun`` the batch is sharded over processes
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 from typing import Any, Callable, Sequence
 

@@ -23,7 +23,7 @@ from typing import Any, Mapping, Sequence
 
 from deephash_cli import artifacts, records
 from deephash_cli.errors import DeephashError
-from deephash_cli.info import bits_of, key_config, lineage_value, method_of, seconds_of
+from deephash_cli.info import bits_of, key_config, method_of, seconds_of
 
 PATTERNS = ("*.h5", "*.hdf5")
 DASH = "—"

@@ -10,7 +10,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 
 from deephash_cli import artifacts
 from deephash_cli.errors import DeephashError
