@@ -75,9 +75,9 @@ Implementation
 --------------
 Queries are processed in chunks (``chunk_size`` queries at a time; by default about 4M
 query-database pairs for codes, 8M for float features) by two worker threads, so the
-extra memory stays bounded (about 150 MB for float features: 154 MB traced at 10,000 x
-50,000; far less for codes) whatever the database size; only a row of one query's
-distances grows with ``n``.
+extra memory stays bounded (about 150 MB for float features, measured with tracemalloc
+at 10,000 x 50,000; far less for codes) whatever the database size; only a row of one
+query's distances grows with ``n``.
 
 * Hamming: one XOR + popcount pass over uint64 words gives a chunk's distances; a
   per-query histogram over 0..bits of all items and of the relevant items (the
