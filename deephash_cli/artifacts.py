@@ -484,10 +484,7 @@ class ArtifactWriter:
                                                                       dtype=h5py.string_dtype()))
             self.check_storage()
         except BaseException as err:
-            self._discard()
-            reason = storage_error(err)
-            if reason is not None:
-                raise self._storage_failure(reason) from None
+            self._abandon(err)
             raise
         return self
 
@@ -583,6 +580,14 @@ class ArtifactWriter:
             raise self._storage_failure(storage_error(self._guard.error) or str(self._guard.error))
         raise_pending()
 
+    def _abandon(self, err: BaseException) -> None:
+        """Remove the unfinished output; a full disk becomes the one-line storage error (else the caller
+        re-raises ``err`` as it is)."""
+        self._discard()
+        reason = storage_error(err)
+        if reason is not None:
+            raise self._storage_failure(reason) from None
+
     def _discard(self) -> None:
         """Close and remove the temp file after a failure (writes it still gets never fail: see _GuardedFile)."""
         if self.file is not None:
@@ -612,10 +617,7 @@ class ArtifactWriter:
             self.file.close()
             self.check_storage()
         except BaseException as err:
-            self._discard()
-            reason = storage_error(err)
-            if reason is not None:
-                raise self._storage_failure(reason) from None
+            self._abandon(err)
             raise
         self._guard.close()
         try:
