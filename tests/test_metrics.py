@@ -68,18 +68,7 @@ def naive_query_metrics(dist: list, rel: list[int], map_ks, prec_ks, knn_k, db_l
     ap_pess = ap_at_of_order([rel[j] for j in pess_order], None)
     # k-NN, tie-aware: items closer than the k-th distance vote 1; the remaining votes are
     # shared equally by the items at the k-th distance; vote ties -> nearest member, then label.
-    kk = min(knn_k, n)
-    d_k = sorted(dist)[kk - 1]
-    closer = [j for j in range(n) if dist[j] < d_k]
-    tied = [j for j in range(n) if dist[j] == d_k]
-    share = Fraction(kk - len(closer), len(tied))
-    votes: dict[int, Fraction] = {}
-    nearest: dict[int, float] = {}
-    for j in closer + tied:
-        votes[db_labels[j]] = votes.get(db_labels[j], Fraction(0)) + (1 if j in closer else share)
-        nearest[db_labels[j]] = min(nearest.get(db_labels[j], float("inf")), dist[j])
-    best = max(votes.values())
-    winner = min((lab for lab in votes if votes[lab] == best), key=lambda lab: (nearest[lab], lab))
+    winner = naive_knn(dist, knn_k, db_labels)
     return ap, ap_opt, ap_pess, ap_at, prec, winner
 
 
