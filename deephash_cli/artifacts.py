@@ -51,7 +51,7 @@ FORMAT = "deephash"
 FORMAT_VERSION = 2
 READABLE_VERSIONS = (1, 2)
 KINDS = ("features", "embeddings", "codes", "model", "index")
-SPLITS = ("train", "val", "test")
+SPLITS = ("train", "val", "test", "query", "gallery")  # query/gallery: In-shop's evaluation splits
 HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
 
 

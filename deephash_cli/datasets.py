@@ -1,7 +1,12 @@
-"""Image datasets as (train, test) pairs of indexable sources: digits, CIFAR-10, image folders.
+"""Image datasets as (train, test) pairs of indexable sources: digits, CIFAR-10, image folders, and the published
+benchmarks CUB-200-2011, Stanford Dogs, Stanford Online Products and In-shop Clothes (their lists are read by
+:mod:`deephash_cli.published_datasets`).
 
 Every source yields ``(PIL.Image RGB, label int, index int)`` where ``index`` is the item's
 position in the source dataset (stored in artifacts so every row can be traced back).
+
+Every dataset comes with its official split, or the class-disjoint one of the metric-learning literature
+(``load_dataset(..., split="classes")``, :func:`class_disjoint`).
 """
 
 from __future__ import annotations
@@ -9,7 +14,7 @@ from __future__ import annotations
 import io
 import pickle
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -17,6 +22,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from deephash_cli.errors import DeephashError
+from deephash_cli.published_datasets import READERS as PUBLISHED_READERS, Listing
 from deephash_cli.registry import Registry
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
@@ -72,16 +78,28 @@ class ImageSource:
 
 @dataclass
 class DatasetSplits:
-    """The train and test sources of a dataset and how the split was made."""
+    """The train and test sources of a dataset and how the split was made.
+
+    ``test`` is None for a dataset whose evaluation splits have other names: In-shop's ``query`` and
+    ``gallery`` are in ``extra``. :meth:`sources` lists every split in order.
+    """
 
     name: str
     class_names: list[str]
     train: ImageSource
-    test: ImageSource
+    test: ImageSource | None
     split_info: dict  # e.g. {"test_split": "predefined"} or {"test_split": "stratified", "seed": 0, ...}
+    extra: dict[str, ImageSource] = field(default_factory=dict)
+
+    def sources(self) -> dict[str, ImageSource]:
+        """{split name: source}: train, test (when there is one), then the extra splits."""
+        return {"train": self.train, **({"test": self.test} if self.test is not None else {}), **self.extra}
 
 
 DATASETS: Registry[Callable[..., DatasetSplits]] = Registry("dataset")
+
+#: ``--split``: the dataset's own split, or the class-disjoint one (see :func:`class_disjoint`).
+SPLIT_MODES = ("official", "classes")
 
 
 # --------------------------------------------------------------------------- splitting
@@ -383,6 +401,125 @@ def load_imagefolder(data_dir: str | None = None, *, test_fraction: float = 0.2,
                          {"test_split": "predefined", "root": str(root), **left_out})
 
 
-def load_dataset(name: str, data_dir: str | None, **options: object) -> DatasetSplits:
-    """The dataset registered as ``name`` (digits, cifar10, imagefolder)."""
-    return DATASETS.get(name)(data_dir, **options)
+# --------------------------------------------------------------------------- published benchmarks
+
+
+def _from_listing(name: str, listing: Listing) -> DatasetSplits:
+    """A :class:`Listing` as image sources (files opened lazily, as image folders are)."""
+    sources = {}
+    for split, (relative, labels, index) in listing.splits.items():
+        paths = [listing.root / p for p in relative]
+        sources[split] = ImageSource(labels, index, lambda i, paths=paths: _open_image(paths[i]),
+                                     lambda i, paths=paths: str(paths[i]))
+    train = sources.pop("train")
+    test = sources.pop("test", None)
+    return DatasetSplits(name, listing.class_names, train, test,
+                         {"test_split": "predefined", "root": str(listing.root), **listing.info}, sources)
+
+
+def _register_published(name: str) -> None:
+    reader = PUBLISHED_READERS[name]
+
+    def load(data_dir: str | None = None, **_: object) -> DatasetSplits:
+        if data_dir is None:
+            raise DeephashError(f"--dataset {name} needs --data-dir (the folder of its list files); nothing is "
+                                f"downloaded")
+        root = Path(data_dir)
+        if not root.is_dir():
+            raise DeephashError(f"{root}: no such folder")
+        return _from_listing(name, reader(root))
+
+    load.__doc__ = reader.__doc__
+    DATASETS.register(name)(load)
+
+
+for _name in PUBLISHED_READERS:
+    _register_published(_name)
+
+
+# --------------------------------------------------------------------------- class-disjoint split
+
+
+def pooled_indices(parts: Sequence[np.ndarray]) -> list[np.ndarray]:
+    """The dataset indices of ``parts`` pooled one after the other, kept unique: a part whose indices overlap
+    those before it (CIFAR-10 numbers its train and test batches from 0 each) is shifted past them (CIFAR-10's
+    test item ``i`` becomes ``50000 + i``, as image folders number train files first, then test files)."""
+    out: list[np.ndarray] = []
+    seen_max = -1
+    for part in parts:
+        part = np.asarray(part, dtype=np.int64)
+        shift = 0
+        if out and len(part) and np.isin(part, np.concatenate(out)).any():
+            shift = seen_max + 1 - int(part.min())
+        out.append(part + shift)
+        if len(part):
+            seen_max = max(seen_max, int(out[-1].max()))
+    return out
+
+
+def class_cut(n_classes: int) -> int:
+    """Classes ``0..cut-1`` train, ``cut..n_classes-1`` test in the class-disjoint split: ``cut = C // 2``."""
+    if n_classes < 2:
+        raise DeephashError(f"--split classes needs at least 2 classes, found {n_classes}")
+    return n_classes // 2
+
+
+def concat_sources(parts: Sequence[ImageSource]) -> ImageSource:
+    """One source holding ``parts`` one after the other, dataset indices kept unique (:func:`pooled_indices`)."""
+    index = pooled_indices([part.index for part in parts])
+    labels = [np.asarray(part.labels, dtype=np.int64) for part in parts]
+    loads = [part.load for part in parts]
+    describes = [part.describe for part in parts]
+    offsets = np.cumsum([0] + [len(part) for part in parts])[:-1].tolist()
+    bounds = np.array(offsets[1:], dtype=np.int64)
+
+    def locate(i: int) -> tuple[int, int]:
+        k = int(np.searchsorted(bounds, i, side="right"))
+        return k, i - offsets[k]
+
+    def load(i: int) -> Image.Image:
+        k, row = locate(i)
+        return loads[k](row)
+
+    def describe(i: int) -> str:
+        k, row = locate(i)
+        return describes[k](row)
+
+    empty = np.zeros(0, dtype=np.int64)
+    return ImageSource(np.concatenate(labels) if labels else empty, np.concatenate(index) if index else empty,
+                       load, describe)
+
+
+def class_disjoint(data: DatasetSplits) -> DatasetSplits:
+    """The class-disjoint split of the metric-learning literature: train on the first half of the classes,
+    retrieve among the images of the other half.
+
+    When the official split already has no class on both sides (Stanford Online Products, In-shop) it is that
+    split, unchanged. Otherwise every image of the dataset (its train and test parts pooled, in that order) of
+    the first ``C // 2`` classes (class ids 0..C//2−1, ``C`` = number of classes) goes to ``train`` and the rest
+    to ``test``: CUB-200-2011 classes 1–100 / 101–200, Stanford Dogs 60 / 60, CIFAR-10 0–4 / 5–9.
+    """
+    parts = data.sources()
+    train_classes = set(np.unique(data.train.labels).tolist())
+    held_classes = set().union(*(np.unique(s.labels).tolist() for name, s in parts.items() if name != "train"))
+    if not train_classes & held_classes:
+        return DatasetSplits(data.name, data.class_names, data.train, data.test,
+                             {**data.split_info, "class_disjoint": "the official split"}, dict(data.extra))
+    n_classes = len(data.class_names)
+    cut = class_cut(n_classes)
+    pooled = concat_sources(list(parts.values()))
+    train_rows = np.flatnonzero(pooled.labels < cut)
+    test_rows = np.flatnonzero(pooled.labels >= cut)
+    info = {**{k: v for k, v in data.split_info.items() if k != "test_split"}, "test_split": "classes",
+            "pooled_from": data.split_info.get("test_split"),
+            "train_classes": f"0..{cut - 1}", "test_classes": f"{cut}..{n_classes - 1}"}
+    return DatasetSplits(data.name, data.class_names, pooled.subset(train_rows), pooled.subset(test_rows), info)
+
+
+def load_dataset(name: str, data_dir: str | None, *, split: str = "official", **options: object) -> DatasetSplits:
+    """The dataset registered as ``name`` (digits, cifar10, imagefolder, cub200, dogs, sop, inshop) with its
+    official split or (``split="classes"``) the class-disjoint one of :func:`class_disjoint`."""
+    if split not in SPLIT_MODES:
+        raise DeephashError(f"unknown --split '{split}'; valid names: {', '.join(SPLIT_MODES)}")
+    data = DATASETS.get(name)(data_dir, **options)
+    return class_disjoint(data) if split == "classes" else data

@@ -2,8 +2,11 @@
 
 Names are stable strings a person can follow back to a picture (format_version 2, ``/<split>/paths``):
 
-* ``imagefolder``: the file's path relative to ``--data-dir`` (``train/cat/0001.jpg``, POSIX separators);
-* ``cifar10``: ``cifar10/<split>/<position in that split's batches>`` (``cifar10/train/123``);
+* ``imagefolder`` and the published benchmarks (``cub200``, ``dogs``, ``sop``, ``inshop``): the file's path
+  relative to ``--data-dir`` (``train/cat/0001.jpg``, ``images/001.Black_footed_Albatross/...jpg``, POSIX
+  separators);
+* ``cifar10``: ``cifar10/<official split>/<position in that split's batches>`` (``cifar10/train/123``; also
+  under ``--split classes``, where an item of the test batch can sit in the train split);
 * ``digits``: ``digits/<position in scikit-learn's order>``.
 
 ``ItemImages`` opens items by name for thumbnails (``search --grid``/``--html``), given the dataset and the
@@ -19,15 +22,22 @@ import numpy as np
 from PIL import Image
 
 from deephash_cli.errors import DeephashError
+from deephash_cli.published_datasets import READERS
+
+#: Datasets whose items are image files named by their path relative to the data folder.
+FILE_DATASETS = ("imagefolder", *READERS)
 
 
 def item_name(dataset: str, split: str, index: int, description: str, root: str | os.PathLike[str] | None) -> str:
     """The stable name of one item (see the module docstring); ``description`` is ``ImageSource.describe(i)``."""
-    if dataset == "imagefolder":
+    if dataset in FILE_DATASETS:
         if root is None:
             return Path(description).as_posix()
         return Path(os.path.relpath(description, root)).as_posix()
     if dataset == "cifar10":
+        origin, _, position = description.removeprefix("cifar10 ").partition(" #")  # "cifar10 test #12"
+        if origin in ("train", "test") and position.isdigit():
+            return f"cifar10/{origin}/{position}"
         return f"cifar10/{split}/{int(index)}"
     return f"{dataset}/{int(index)}"
 
@@ -46,7 +56,7 @@ class ItemImages:
 
     def open(self, dataset: str | None, root: str | None, name: str) -> Image.Image:
         """The RGB image of item ``name``; a DeephashError naming the file (or dataset) when it cannot be had."""
-        if dataset == "imagefolder" or (dataset is None and root is not None):
+        if dataset in FILE_DATASETS or (dataset is None and root is not None):
             path = Path(root) / name if root is not None and not os.path.isabs(name) else Path(name)
             from deephash_cli.datasets import _open_image
 
@@ -76,7 +86,7 @@ class ItemImages:
             options = {"download": False} if dataset == "cifar10" else {}
             data = load_dataset(dataset, root, **options)
             table: dict[tuple[str | None, int], tuple[object, int]] = {}
-            for split, source in (("train", data.train), ("test", data.test)):
+            for split, source in data.sources().items():
                 for row, index in enumerate(np.asarray(source.index).tolist()):
                     table[(split, int(index))] = (source, row)
                     table.setdefault((None, int(index)), (source, row))
