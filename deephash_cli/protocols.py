@@ -9,18 +9,22 @@ import numpy as np
 from deephash_cli.artifacts import Artifact
 from deephash_cli.errors import DeephashError
 
-PROTOCOLS = ("splits", "pooled")
+PROTOCOLS = ("splits", "pooled", "within")
 
 
 @dataclass
 class QueryDatabase:
-    """Query and database arrays with labels, and a sentence saying how they were chosen."""
+    """Query and database arrays with labels, and a sentence saying how they were chosen.
+
+    ``exclude_self``: the queries are the database (leave-one-out: each query's own item is not ranked).
+    """
 
     query: np.ndarray
     query_labels: np.ndarray
     database: np.ndarray
     database_labels: np.ndarray
     description: str
+    exclude_self: bool = False
 
 
 def select(artifact: Artifact, *, protocol: str = "splits", query_split: str = "test",
@@ -34,9 +38,22 @@ def select(artifact: Artifact, *, protocol: str = "splits", query_split: str = "
     - ``pooled``: the standard hashing protocol (e.g. DPSH/DTSH on CIFAR-10): ``queries_per_class``
       items per class drawn (seeded) from ``query_split`` are the queries; all other items of all
       splits form the database (CIFAR-10: 1,000 queries against 59,000).
+    - ``within``: the metric-learning protocol on unseen classes: every item of ``query_split`` is a
+      query against all the other items of that split (each query's own item left out). An artifact
+      with ``query`` and ``gallery`` splits (In-shop) is evaluated query against gallery instead.
     """
     if protocol not in PROTOCOLS:
         raise DeephashError(f"unknown protocol '{protocol}'; valid names: {', '.join(PROTOCOLS)}")
+    if protocol == "within":
+        if "query" in artifact.splits and "gallery" in artifact.splits:
+            q, g = artifact.splits["query"], artifact.splits["gallery"]
+            return QueryDatabase(q.data, q.labels, g.data, g.labels, f"query ({len(q)}) against gallery ({len(g)})")
+        q = artifact.split(query_split)
+        if len(q) < 2:
+            raise DeephashError(f"--protocol within needs at least 2 items in '{query_split}', found {len(q)}")
+        return QueryDatabase(q.data, q.labels, q.data, q.labels,
+                             f"every item of {query_split} ({len(q)}) against the other {len(q) - 1}",
+                             exclude_self=True)
     if protocol == "splits":
         names = [s.strip() for s in database_split.split(",") if s.strip()]
         if query_split in names:
