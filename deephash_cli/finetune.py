@@ -157,6 +157,7 @@ def embed_source(module: nn.Module, source: ImageSource, transform: Callable, im
 def checkpoint_arrays(checkpoint: Checkpoint) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     """A :class:`Checkpoint` as JSON state + named arrays (the best-so-far state is the artifact's /model)."""
     arrays = {f"model/{name}": tensor.detach().cpu().numpy() for name, tensor in checkpoint.model.items()}
+    arrays.update({f"loss/{name}": tensor.detach().cpu().numpy() for name, tensor in checkpoint.loss.items()})
     extra: dict[str, dict[str, Any]] = {}
     for param_id, entries in checkpoint.optimizer["state"].items():
         for key, value in entries.items():
@@ -203,37 +204,45 @@ def read_resume(path: Path, fingerprint: dict[str, Any]) -> Checkpoint:
     return Checkpoint(int(state["epoch"]), {name[len("model/"):]: tensor(value) for name, value in arrays.items()
                                             if name.startswith("model/")},
                       optimizer, state["scaler"], tensor(arrays["rng/generator"]), tensor(arrays["rng/torch"]), best,
-                      int(state["epochs_without_improvement"]), bool(state["stopped"]))
+                      int(state["epochs_without_improvement"]), bool(state["stopped"]),
+                      {name[len("loss/"):]: tensor(value) for name, value in arrays.items() if name.startswith("loss/")})
 
 
 # --------------------------------------------------------------------------- the stage
 
 
-def _objective(objective: str, *, loss: str, margin: str, bits: int, method: str, hash_options: Any):
+def _objective(objective: str, *, loss: str, margin: str, bits: int, method: str, hash_options: Any,
+               loss_options: Any = None, n_classes: int = 1):
     """(loss module, head output, output dim or None, miner margin, before_epoch, score(outputs, labels), extra
     architecture keys) for ``--objective``; the same losses and hash methods as train-triplet/train-hash."""
-    from deephash_cli.train_stages import EMBEDDING_LOSSES, binarize, parse_margins, validation_map
+    from deephash_cli.train_stages import binarize, parse_margins, validation_map
 
     if objective == "triplet":
-        from deephash_cli.losses import LOSSES
+        from deephash_cli.embedding_losses import EMBEDDING_LOSSES, LossOptions, build_loss
 
+        loss_options = loss_options or LossOptions()
         if loss not in EMBEDDING_LOSSES:
+            from deephash_cli.losses import LOSSES
+
             LOSSES.get(loss)
             raise DeephashError(f"loss '{loss}' is a hashing loss; use --objective hash --method {loss}")
+        loss_options.check()
         margins = parse_margins(margin)
         if len(margins) > 1:
             raise DeephashError(f"--margin: fine-tuning trains one model, give one margin (got {margins}); choose it "
                                 f"with train-triplet's margin search on extracted features")
-        uses_margin = EMBEDDING_LOSSES[loss]["margin"]
-        loss_fn = LOSSES.get(loss)(**({"margin": margins[0]} if uses_margin else {}))
-        if loss == "contrastive":
-            loss_fn.normalize = True
+        uses_margin = EMBEDDING_LOSSES[loss].margin
+        loss_fn = build_loss(loss, margins[0] if uses_margin else None, n_classes, loss_options)
 
         def score(outputs: torch.Tensor, labels: np.ndarray) -> float:
             return validation_map(outputs.numpy(), labels, distance="euclidean")
 
         extra = {"loss": loss, "margin": margins[0] if uses_margin else None, "produces": "embeddings"}
-        return loss_fn, EMBEDDING_LOSSES[loss]["output"], None, margins[0], None, score, extra
+        if loss == "margin":
+            extra.update(beta=loss_options.beta, beta_init=loss_options.beta_init, beta_lr=loss_options.beta_lr)
+        elif loss == "npair":
+            extra["npair_reg"] = loss_options.npair_reg
+        return loss_fn, EMBEDDING_LOSSES[loss].output, None, margins[0], None, score, extra
     if objective == "hash":
         from deephash_cli.hashing import HASH_METHODS, check_bits
 
@@ -256,23 +265,30 @@ def run_finetune(output: Path, *, objective: str, dataset: str, data_dir: str | 
                  head: str, dim: int, hidden: int, loss: str, margin: str, bits: int, method: str,
                  hash_options: Any, val_fraction: float, options: TrainOptions, lr_backbone: float,
                  freeze_bn: bool, amp: bool, device: str, workers: int, eval_batch_size: int, resume: bool,
-                 force: bool, init: Path | None = None) -> dict[str, Any]:
+                 force: bool, init: Path | None = None, loss_options: Any = None,
+                 split: str = "official") -> dict[str, Any]:
     """Fine-tune ``backbone`` + a head on ``dataset``'s images; write (and checkpoint every epoch) a model artifact.
 
     ``init``: start from a fine-tuned model artifact instead of ``weights``: its backbone and preprocessing
     always, its head too when the new head has the same architecture (same objective and shape), e.g. to
     continue a run with lower learning rates; otherwise a new head, e.g. hash codes on a fine-tuned embedding.
 
+    ``loss_options``: the margin loss's β settings and the N-pair loss's penalty (``embedding_losses.LossOptions``);
+    ``split``: the dataset's official split or the class-disjoint one (``classes``: training sees only the
+    first half of the classes).
+
     Returns a summary (best validation mAP and epoch, epochs done, seconds per epoch, resumed from).
     """
     from deephash_cli.backbones import BACKBONES, build_backbone, resolve_device
-    from deephash_cli.datasets import DATASETS, limit_per_class as limit, load_dataset, stratified_split
+    from deephash_cli.datasets import DATASETS, SPLIT_MODES, limit_per_class as limit, load_dataset, stratified_split
     from deephash_cli.extract import make_transform, parse_triple
 
     if backbone == "pixels":
         raise DeephashError("the pixels backbone has nothing to fine-tune; pick a CNN (e.g. --backbone mobilenet_v2)")
     BACKBONES.get(backbone)
     DATASETS.get(dataset)
+    if split not in SPLIT_MODES:
+        raise DeephashError(f"unknown --split '{split}'; valid names: {', '.join(SPLIT_MODES)}")
     options.check()
     if dim <= 0:
         raise DeephashError(f"--dim must be positive, got {dim}")
@@ -280,9 +296,9 @@ def run_finetune(output: Path, *, objective: str, dataset: str, data_dir: str | 
         raise DeephashError(f"--lr-backbone must be ≥ 0 (0 freezes the backbone's weights), got {lr_backbone}")
     if eval_batch_size <= 0:
         raise DeephashError(f"--eval-batch-size must be positive, got {eval_batch_size}")
-    loss_fn, head_output, out_dim, miner_margin, before_epoch, score, extra = _objective(
-        objective, loss=loss, margin=margin, bits=bits, method=method, hash_options=hash_options)
-    out_dim = out_dim or dim
+    # The loss is built once the classes are known (the margin loss has one β per class); checked here first.
+    _objective(objective, loss=loss, margin=margin, bits=bits, method=method, hash_options=hash_options,
+               loss_options=loss_options)
     mean_rgb, std_rgb = parse_triple(mean, "--mean"), parse_triple(std, "--std")
     init_model = None
     if init is not None:
@@ -300,7 +316,11 @@ def run_finetune(output: Path, *, objective: str, dataset: str, data_dir: str | 
                                 "the P×K batch (--classes-per-batch × --samples-per-class)")
     torch_device = resolve_device(device)
 
-    data = load_dataset(dataset, data_dir, test_fraction=test_fraction, seed=options.seed)
+    data = load_dataset(dataset, data_dir, split=split, test_fraction=test_fraction, seed=options.seed)
+    loss_fn, head_output, out_dim, miner_margin, before_epoch, score, extra = _objective(
+        objective, loss=loss, margin=margin, bits=bits, method=method, hash_options=hash_options,
+        loss_options=loss_options, n_classes=len(data.class_names))
+    out_dim = out_dim or dim
     train_all = limit(data.train, limit_per_class)
     try:
         keep, held = stratified_split(train_all.labels, val_fraction, options.seed)
@@ -311,6 +331,8 @@ def run_finetune(output: Path, *, objective: str, dataset: str, data_dir: str | 
     # Everything that shapes the result; --resume refuses a checkpoint whose fingerprint differs.
     fingerprint = json.loads(json.dumps({
         "objective": objective, "dataset": dataset, "data_dir": data_dir, "limit_per_class": limit_per_class,
+        # Only present for the class-disjoint split, so checkpoints written before the option existed still resume.
+        **({"split": split} if split != "official" else {}),
         "test_fraction": test_fraction, "items": {"train": len(train_source), "val": len(val_source)},
         "backbone": backbone, "weights": weights,
         "weights_sha256": artifacts.sha256_file(weights) if weights not in ("default", "none") else None,

@@ -104,7 +104,8 @@ class Checkpoint:
     ``model``/``optimizer``/``scaler`` are the state_dicts of the running model, optimizer and
     GradScaler; ``generator`` and ``torch_rng`` the states of the loop's triplet/miner generator
     and of torch's global RNG; ``best`` the best-so-far state, epoch, score and the history.
-    ``stopped``: early stopping ended the run. Serialised without pickle by ``finetune``.
+    ``stopped``: early stopping ended the run. ``loss``: the state_dict of the loss (its learnable
+    parameters, e.g. the margin loss's β; empty for the others). Serialised without pickle by ``finetune``.
     """
 
     epoch: int
@@ -116,6 +117,21 @@ class Checkpoint:
     best: FitResult
     epochs_without_improvement: int = 0
     stopped: bool = False
+    loss: dict[str, torch.Tensor] = field(default_factory=dict)
+
+
+def make_miner(name: str, loss_fn: nn.Module):
+    """The miner ``name``, measuring distances where the loss does when the loss says so (``distance_space``,
+    e.g. plain Euclidean on the unit sphere for the margin loss); otherwise with the miner's defaults.
+    Distance-weighted sampling always measures plain distances on the unit sphere (its density needs them)."""
+    import inspect
+
+    miner_class = MINERS.get(name)
+    space = getattr(loss_fn, "distance_space", None)
+    accepted = inspect.signature(miner_class.__init__).parameters
+    if space and all(key in accepted for key in space):
+        return miner_class(**space)
+    return miner_class()
 
 
 def make_optimizer(parameters, options: TrainOptions) -> torch.optim.Optimizer:
@@ -150,7 +166,8 @@ def fit(model: nn.Module, loss_fn: nn.Module, train_x: torch.Tensor, train_y: to
     Fine-tuning hooks: ``embed_rows(rows, epoch, step)`` returns the embeddings (with gradient)
     of training items ``rows`` instead of ``model(train_x[rows])`` (``train_x`` may then be None);
     ``parameters``: what the optimizer trains (default ``model.parameters()``; parameter groups
-    may set their own ``lr``); ``amp``: autocast the forward pass to float16 and scale the loss
+    may set their own ``lr``); the loss's own learnable parameters (``loss_fn.parameter_groups()``,
+    e.g. the margin loss's β with its learning rate) are added to them; ``amp``: autocast the forward pass to float16 and scale the loss
     with a GradScaler (CUDA only); ``resume``: continue after the checkpoint's epoch;
     ``on_checkpoint(checkpoint)``: called after every epoch.
     """
@@ -160,12 +177,16 @@ def fit(model: nn.Module, loss_fn: nn.Module, train_x: torch.Tensor, train_y: to
     torch.manual_seed(options.seed)
     generator = torch.Generator(device="cpu").manual_seed(options.seed)
     labels_np = train_y.cpu().numpy()
-    miner = MINERS.get(options.miner)() if options.miner else None
+    loss_fn.to(device)
+    miner = make_miner(options.miner, loss_fn) if options.miner else None
     sampler = None
     if miner is not None:
         sampler = PKBatchSampler(labels_np, options.classes_per_batch, options.samples_per_class, seed=options.seed)
     triplets_per_epoch = options.triplets_per_epoch or len(labels_np)
-    optimizer = make_optimizer(model.parameters() if parameters is None else parameters, options)
+    groups = list(model.parameters() if parameters is None else parameters)
+    if groups and not isinstance(groups[0], dict):
+        groups = [{"params": groups}]
+    optimizer = make_optimizer(groups + list(getattr(loss_fn, "parameter_groups", list)()), options)
     base_lrs = [group["lr"] for group in optimizer.param_groups]  # before a checkpoint's (decayed) rates load
     scaler = torch.amp.GradScaler(device.type, enabled=amp)
     reduction_override = "positive_mean" if miner is not None and miner.positive_mean else None
@@ -181,6 +202,8 @@ def fit(model: nn.Module, loss_fn: nn.Module, train_x: torch.Tensor, train_y: to
         scaler.load_state_dict(resume.scaler)
         generator.set_state(resume.generator)
         torch.set_rng_state(resume.torch_rng)
+        if resume.loss:
+            loss_fn.load_state_dict(resume.loss)
         best = resume.best
         epochs_without_improvement, stopped, first_epoch = (resume.epochs_without_improvement, resume.stopped,
                                                               resume.epoch + 1)
@@ -244,7 +267,8 @@ def fit(model: nn.Module, loss_fn: nn.Module, train_x: torch.Tensor, train_y: to
             score = float(validate(model))
         row = {"epoch": epoch, "loss": loss_sum / max(steps, 1), "active_fraction": active_sum / max(steps, 1),
                "val_map": score, "seconds": train_seconds,
-               "seconds_with_validation": time.perf_counter() - start, **schedule}
+               "seconds_with_validation": time.perf_counter() - start, **schedule,
+               **getattr(loss_fn, "summary", dict)()}
         best.history.append(row)
         if on_epoch is not None:
             on_epoch(row)
@@ -258,7 +282,8 @@ def fit(model: nn.Module, loss_fn: nn.Module, train_x: torch.Tensor, train_y: to
         if on_checkpoint is not None:
             on_checkpoint(Checkpoint(epoch, model.state_dict(), optimizer.state_dict(), scaler.state_dict(),
                                      generator.get_state(), torch.get_rng_state(), best,
-                                     epochs_without_improvement, stopped))
+                                     epochs_without_improvement, stopped,
+                                     {k: v.detach().clone() for k, v in loss_fn.state_dict().items()}))
     model.load_state_dict(best.best_state)
     return best
 

@@ -18,18 +18,11 @@ import torch
 from deephash_cli import artifacts
 from deephash_cli.artifacts import Artifact, Split
 from deephash_cli.datasets import stratified_split
+from deephash_cli.embedding_losses import EMBEDDING_LOSSES, LossOptions, build_loss
 from deephash_cli.errors import DeephashError
 from deephash_cli.heads import Head, build_head, load_state_arrays, state_arrays
-from deephash_cli.losses import LOSSES
 from deephash_cli.train import FitResult, TrainOptions, as_tensor, embed, fit
 from deephash_cli.ui import advance, progress_bar, warn
-
-# How each embedding loss wants the head's output and whether it takes a margin.
-EMBEDDING_LOSSES = {
-    "facenet": {"output": "normalized", "margin": True},
-    "hoffer": {"output": "raw", "margin": False},
-    "contrastive": {"output": "normalized", "margin": True},
-}
 
 
 @dataclass
@@ -122,7 +115,7 @@ def _write_outputs(model: Head, data: PreparedData, output: Path, *, kind: str, 
     input's hash taken when the stage started)."""
     with artifacts.ArtifactWriter(output, kind=kind, class_names=data.artifact.class_names, config=config,
                                   parent=features_path, parent_sha256=features_sha256, force=force) as writer:
-        for name in ("train", "val", "test"):
+        for name in artifacts.SPLITS:
             if name not in data.splits:
                 continue
             split = data.splits[name]
@@ -168,16 +161,20 @@ def input_signature(artifact: Artifact) -> dict[str, Any]:
 
 def run_train_triplet(features_path: Path, output: Path, *, save_model_path: Path | None, head: str, dim: int,
                       hidden: int, loss: str, margins: str, val_fraction: float, options: TrainOptions,
-                      device: torch.device, force: bool) -> dict[str, Any]:
-    """Train one embedding head per margin, keep the best on validation mAP, write embeddings (+ model)."""
+                      device: torch.device, force: bool, loss_options: LossOptions | None = None) -> dict[str, Any]:
+    """Train one embedding head per margin, keep the best on validation mAP, write embeddings (+ model).
+
+    ``loss_options``: the margin loss's β settings and the N-pair loss's L2 penalty (default ``LossOptions()``).
+    """
+    loss_options = loss_options or LossOptions()
     if loss not in EMBEDDING_LOSSES:
-        LOSSES.get(loss)  # names the valid losses when unknown
-        raise DeephashError(f"loss '{loss}' is a hashing loss; train-triplet takes {', '.join(EMBEDDING_LOSSES)}")
+        build_loss(loss, None, 1, loss_options)  # names the valid losses, or says it is a hashing loss
     if dim <= 0:
         raise DeephashError(f"--dim must be positive, got {dim}")
     options.check()
+    loss_options.check()
     margin_list = parse_margins(margins)
-    if not EMBEDDING_LOSSES[loss]["margin"]:
+    if not EMBEDDING_LOSSES[loss].margin:
         margin_list = [None]  # hoffer has no margin: one run
     artifacts.check_outputs_differ({"--output": output, "--save-model": save_model_path})
     artifacts.check_output(output, force)
@@ -195,18 +192,17 @@ def run_train_triplet(features_path: Path, output: Path, *, save_model_path: Pat
     best: tuple[float, Head, FitResult, float | None] | None = None
     for margin in margin_list:
         torch.manual_seed(options.seed)  # same initial weights for every margin
-        model = Head(head, train.features.shape[1], dim, hidden, EMBEDDING_LOSSES[loss]["output"]).to(device)
+        model = Head(head, train.features.shape[1], dim, hidden, EMBEDDING_LOSSES[loss].output).to(device)
         model.fit_standardizer(train_x)
-        loss_fn = LOSSES.get(loss)(**({"margin": margin} if margin is not None else {}))
-        if loss == "contrastive":
-            loss_fn.normalize = True
+        loss_fn = build_loss(loss, margin, len(data.artifact.class_names), loss_options)
         run_options = TrainOptions(**{**options.__dict__, "margin": margin if margin is not None else options.margin})
         start = time.perf_counter()
         result = _progress_fit(f"{loss} margin {margin}" if margin is not None else loss, model, loss_fn, train_x,
                                train_y, run_options, validate)
         runs.append({"margin": margin, "val_map": result.best_score, "best_epoch": result.best_epoch,
                      "epochs_run": len(result.history), "seconds": time.perf_counter() - start,
-                     "seconds_per_epoch": float(np.mean([h["seconds"] for h in result.history]))})
+                     "seconds_per_epoch": float(np.mean([h["seconds"] for h in result.history])),
+                     **loss_fn.summary()})
         if best is None or result.best_score > best[0]:
             best = (result.best_score, model, result, margin)
     assert best is not None
@@ -214,7 +210,7 @@ def run_train_triplet(features_path: Path, output: Path, *, save_model_path: Pat
     summary = {"margin_search": runs, "chosen_margin": chosen_margin, "best_val_map": best_score,
                "best_epoch": result.best_epoch}
     config = {"stage": "train-triplet", "loss": loss, "head": head, "dim": dim, "hidden": hidden,
-              "val_fraction": val_fraction, **{k: v for k, v in options.__dict__.items() if k != "margin"},
+              "val_fraction": val_fraction, **_loss_config(loss, loss_options), **{k: v for k, v in options.__dict__.items() if k != "margin"},
               "device": str(device), "input": input_signature(data.artifact), **summary,
               "source": data.artifact.config}
     if save_model_path is not None:
@@ -230,6 +226,15 @@ def run_train_triplet(features_path: Path, output: Path, *, save_model_path: Pat
                    history=result.history, device=device, encode=lambda out: (out.cpu().numpy(), None), force=force,
                    features_sha256=features_sha256)
     return summary
+
+
+def _loss_config(loss: str, loss_options: LossOptions) -> dict[str, Any]:
+    """The loss options that shaped this run (only the chosen loss's), for the artifact's config."""
+    if loss == "margin":
+        return {"beta": loss_options.beta, "beta_init": loss_options.beta_init, "beta_lr": loss_options.beta_lr}
+    if loss == "npair":
+        return {"npair_reg": loss_options.npair_reg}
+    return {}
 
 
 # --------------------------------------------------------------------------- train-hash

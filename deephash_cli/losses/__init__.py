@@ -11,6 +11,8 @@ from deephash_cli.losses.contrastive import ContrastiveLoss
 from deephash_cli.losses.dtsh import DTSHLoss
 from deephash_cli.losses.facenet import FaceNetTripletLoss
 from deephash_cli.losses.hoffer import HofferTripletLoss
+from deephash_cli.losses.margin import MarginLoss
+from deephash_cli.losses.npair import NPairLoss
 from deephash_cli.losses.triplet_ranking import TripletRankingLoss
 from deephash_cli.registry import Registry
 
@@ -20,6 +22,8 @@ LOSSES.register("facenet")(FaceNetTripletLoss)
 LOSSES.register("contrastive")(ContrastiveLoss)
 LOSSES.register("dtsh")(DTSHLoss)
 LOSSES.register("triplet-ranking")(TripletRankingLoss)
+LOSSES.register("npair")(NPairLoss)
+LOSSES.register("margin")(MarginLoss)
 
 __all__ = [
     "LOSSES",
@@ -28,6 +32,8 @@ __all__ = [
     "DTSHLoss",
     "FaceNetTripletLoss",
     "HofferTripletLoss",
+    "MarginLoss",
+    "NPairLoss",
     "TripletLoss",
     "TripletRankingLoss",
     "Triplets",

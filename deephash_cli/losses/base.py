@@ -54,7 +54,15 @@ class TripletLoss(nn.Module):
     ``last_active_fraction``: detached 0-dim tensor, the fraction of terms with positive
     loss in the last call (0 for an empty triplet set). Kept as a tensor so logging it
     does not force a GPU sync on every step; ``float()`` it when printing.
+
+    A loss with learnable parameters (the margin loss's β) hands them to the optimizer through
+    :meth:`parameter_groups` (each group with its own learning rate) and reports them per epoch
+    through :meth:`summary`. ``distance_space``: the distances a miner should measure for this
+    loss (``{"normalize": ..., "squared": ...}``), or None for the miner's own default (squared
+    Euclidean on the unit sphere, FaceNet's).
     """
+
+    distance_space: dict[str, bool] | None = None
 
     def __init__(self, reduction: str = "mean") -> None:
         super().__init__()
@@ -70,6 +78,14 @@ class TripletLoss(nn.Module):
     def regularizer(self, embeddings: torch.Tensor) -> torch.Tensor | None:
         """A term added after the reduction (e.g. DTSH's quantisation loss); none by default."""
         return None
+
+    def parameter_groups(self) -> list[dict]:
+        """Optimizer parameter groups of the loss's own learnable parameters (none by default)."""
+        return []
+
+    def summary(self) -> dict[str, float]:
+        """Values of the loss's learnable parameters for the per-epoch history (none by default)."""
+        return {}
 
     def forward(
         self,
