@@ -212,30 +212,63 @@ STREAM_HELP = " '-' reads it from stdin (e.g. piped from another command's -o -)
 OUT_STREAM_HELP = " '-' streams it to stdout."
 
 
+METRIC_NAMES = "map, map@K, precision@K, knn, recall@K, map@r, nmi"
+
+
 def _parse_metrics(text: str) -> tuple[list[int], list[int], list[str]]:
     """'map,map@1000,precision@100,knn' -> (map_at Ks, precision_at Ks, the metric names in the order asked,
-    normalised and without repeats: ['map', 'map@1000', 'precision@100', 'knn'])."""
+    normalised and without repeats: ['map', 'map@1000', 'precision@100', 'knn']).
+
+    Also the metric-learning names recall@K, map@r (MAP@R) and nmi; a bare number repeats the metric before it
+    with that K: 'recall@1,2,4,8' is recall@1, recall@2, recall@4 and recall@8."""
     map_at, precision_at, names = [], [], []
+    previous = None
     for raw in (part.strip() for part in text.split(",") if part.strip()):
-        name, _, k = raw.partition("@")
-        if name not in ("map", "precision", "knn") or (name in ("knn",) and k) or (name == "precision" and not k):
-            raise DeephashError(f"unknown metric '{raw}'; valid names: map, map@K, precision@K, knn")
-        if k:
+        if raw.isdigit() and previous is not None:
+            raw = f"{previous}@{raw}"
+        name, _, k = raw.lower().partition("@")
+        previous = name if name in ("map", "precision", "recall") else None
+        if name == "map" and k == "r":
+            normalised = "map@r"
+        elif name not in ("map", "precision", "knn", "recall", "nmi") or (name in ("knn", "nmi") and k) \
+                or (name in ("precision", "recall") and not k):
+            raise DeephashError(f"unknown metric '{raw}'; valid names: {METRIC_NAMES} (a bare number after "
+                                f"recall@K, map@K or precision@K adds another K)")
+        elif k:
             try:
                 value = int(k)
             except ValueError:
                 raise DeephashError(f"metric '{raw}': K must be a positive integer") from None
             if value <= 0:
                 raise DeephashError(f"metric '{raw}': K must be a positive integer")
-            (map_at if name == "map" else precision_at).append(value)
+            if name != "recall":
+                (map_at if name == "map" else precision_at).append(value)
             normalised = f"{name}@{value}"
         else:
             normalised = name
         if normalised not in names:
             names.append(normalised)
     if not names:
-        raise DeephashError("--metric needs at least one of map, map@K, precision@K, knn")
+        raise DeephashError(f"--metric needs at least one of {METRIC_NAMES}")
     return map_at, precision_at, names
+
+
+# Options of particular embedding losses (train-triplet and finetune).
+BETA = typer.Option("class", "--beta", help="margin loss: one learned boundary β per class (class) or one for "
+                    "all (global).")
+BETA_INIT = typer.Option(1.2, "--beta-init", help="margin loss: initial β, in (0, 2) (Wu et al.: 1.2).")
+BETA_LR = typer.Option(1e-3, "--beta-lr", help="margin loss: β's learning rate, with the training optimizer "
+                       "(Adam moves β by about this much a step); decayed with --lr-milestones; 0 keeps β fixed.")
+NPAIR_REG = typer.Option(0.002, "--npair-reg", help="npair loss: L2 penalty λ on the embeddings, λ/4·(mean‖f_a‖² "
+                         "+ mean‖f_p‖²) (TensorFlow's npairs_loss; 0.002 its default).")
+
+
+def _loss_options(beta: str, beta_init: float, beta_lr: float, npair_reg: float):
+    from deephash_cli.embedding_losses import LossOptions
+
+    options = LossOptions(beta=beta, beta_init=beta_init, beta_lr=beta_lr, npair_reg=npair_reg)
+    options.check()
+    return options
 
 
 # --------------------------------------------------------------------------- extract
@@ -245,9 +278,18 @@ def _parse_metrics(text: str) -> tuple[list[int], list[int], list[str]]:
 def extract(
     dataset: str = typer.Option("digits", help="Dataset: cifar10 (torchvision's, downloaded when reachable, "
                                 "else --data-dir), imagefolder (ROOT/train/<class>/*, ROOT/test/<class>/*), "
-                                "digits (scikit-learn's 8×8 digits, offline)."),
+                                "digits (scikit-learn's 8×8 digits, offline); read from their published lists in "
+                                "--data-dir, never downloaded: cub200 (CUB-200-2011), dogs (Stanford Dogs), sop "
+                                "(Stanford Online Products), inshop (In-shop Clothes: train, query and gallery "
+                                "splits). Layouts: docs/dml.md."),
     data_dir: Optional[str] = typer.Option(None, help="Dataset folder (cifar10: where cifar-10-batches-py is or "
-                                           "goes, default ./data; imagefolder: ROOT)."),
+                                           "goes, default ./data; imagefolder: ROOT; cub200: CUB_200_2011; dogs: "
+                                           "the folder of Images/ and lists/; sop: Stanford_Online_Products; "
+                                           "inshop: the folder of list_eval_partition.txt or Eval/)."),
+    split: str = typer.Option("official", "--split", help="official: the dataset's own train/test split; classes: "
+                              "class-disjoint, as in metric learning: all images of the first half of the classes "
+                              "(ids 0..C/2-1) train, the other half test (CUB 100/100, Dogs 60/60, CIFAR-10 "
+                              "0-4/5-9); sop and inshop keep their official split, already class-disjoint."),
     backbone: str = typer.Option("pixels", help="Feature extractor. Layers: vgg16/vgg19 fc7 after ReLU (4096); "
                                  "resnet18/34 global pool (512), resnet50/101/152 (2048); mobilenet_v2 and "
                                  "efficientnet_b0 global pool (1280); mobilenet_v3_small/large penultimate "
@@ -292,7 +334,7 @@ def extract(
             out, dataset=dataset, data_dir=data_dir, backbone=backbone, weights=weights, image_size=image_size,
             mean=mean, std=std, batch_size=batch_size, device=device, workers=workers,
             limit_per_class=limit_per_class, test_fraction=test_fraction, seed=seed, skip_corrupt=skip_corrupt,
-            force=force, model_path=model)
+            force=force, model_path=model, split=split)
         _emit(io, path)
 
 
@@ -303,8 +345,11 @@ def extract(
 def evaluate(
     file: Path = typer.Argument(..., help="A features, embeddings or codes artifact." + STREAM_HELP),
     metric: str = typer.Option("map,precision@100,knn", "--metric", "-m", help="Comma-separated: map (mAP over "
-                               "the whole database), map@K, precision@K, knn. The table shows these; --json also "
-                               "lists them under 'metrics' (and keeps 'map' and 'knn_accuracy', always computed)."),
+                               "the whole database), map@K, precision@K, knn; and the metric-learning ones "
+                               "recall@K (a hit among the K nearest; recall@1,2,4,8 asks four), map@r (MAP@R, "
+                               "Musgrave et al. 2020) and nmi (k-means of the queries, seeded by --seed). The "
+                               "table shows these; --json also lists them under 'metrics' (and keeps 'map' and "
+                               "'knn_accuracy', always computed). Definitions: docs/dml.md."),
     k: int = typer.Option(10, "--k", help="Neighbours in the kNN vote."),
     distance: Optional[str] = typer.Option(None, help="euclidean or cosine for float features (default "
                                            "euclidean); codes always use Hamming."),
@@ -312,18 +357,22 @@ def evaluate(
                              "McSherry & Najork 2008), optimistic or pessimistic. JSON reports all three."),
     protocol: str = typer.Option("splits", help="splits: --query-split against --database-split; pooled: "
                                  "--queries-per-class items per class of --query-split against all other items "
-                                 "(the standard hashing protocol: 1,000 vs 59,000 on CIFAR-10)."),
+                                 "(the standard hashing protocol: 1,000 vs 59,000 on CIFAR-10); within: every "
+                                 "item of --query-split against the others of that split, leave-one-out (the "
+                                 "metric-learning protocol on unseen classes; an artifact with query and gallery "
+                                 "splits, In-shop, is evaluated query against gallery)."),
     query_split: str = typer.Option("test", help="Split the queries come from."),
     database_split: str = typer.Option("train,val", help="Database splits, comma-separated (protocol splits); "
                                        "val is used when present."),
     queries_per_class: int = typer.Option(100, help="Queries per class (protocol pooled)."),
-    seed: int = typer.Option(0, help="Seed of the pooled protocol's query draw."),
+    seed: int = typer.Option(0, help="Seed of the pooled protocol's query draw and of nmi's k-means."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object on stdout instead of a table."),
     record: bool = typer.Option(False, "--record", help="Also store the result in <FILE>.evals.json next to the "
                                 "artifact (the artifact itself is not modified), for `deephash report` and "
                                 "`deephash info`; re-recording the same setting replaces it."),
 ) -> None:
-    """Retrieval quality of an artifact: mAP, mAP@K, precision@K and kNN accuracy, one methodology for all."""
+    """Retrieval quality of an artifact: mAP, mAP@K, precision@K and kNN accuracy, and the metric-learning Recall@K,
+    MAP@R and NMI, one methodology for all."""
     from deephash_cli import stages
 
     map_at, precision_at, names = _parse_metrics(metric)
@@ -333,7 +382,9 @@ def evaluate(
         result = stages.run_evaluate(io.input(file), map_at=map_at, precision_at=precision_at, knn_k=k,
                                      distance=distance, protocol=protocol, query_split=query_split,
                                      database_split=database_split, queries_per_class=queries_per_class, seed=seed,
-                                     ties=ties, record=record, metrics=names)
+                                     ties=ties, record=record, metrics=names,
+                                     recall_at=[int(n.split("@")[1]) for n in names if n.startswith("recall@")],
+                                     map_at_r="map@r" in names, nmi="nmi" in names)
     if as_json:
         typer.echo(json.dumps(result, indent=2))
     else:
@@ -341,6 +392,24 @@ def evaluate(
 
         stderr_console().print(evaluation_table(result))
         typer.echo(str(file))
+
+
+@command("split-classes")
+def split_classes(
+    file: Path = typer.Argument(..., help="A features artifact made by extract with the official split."),
+    output: Optional[Path] = typer.Option(None, "-o", "--output", help="Output features artifact. Default: "
+                                          "artifacts/<input>.classes.h5."),
+    force: bool = typer.Option(False, help="Overwrite an existing output."),
+) -> None:
+    """Re-split extracted features class-disjointly without decoding the images again: the same artifact as
+    extract --split classes (every item pooled; the first half of the classes train, the rest test)."""
+    from deephash_cli import stages
+    from deephash_cli.ui import stderr_console
+
+    out = output or _default_output(f"{file.name.removesuffix('.h5')}.classes.h5")
+    counts = stages.run_split_classes(file, out, force=force)
+    stderr_console().print(f"train {counts['train']} items, test {counts['test']} items")
+    typer.echo(str(out))
 
 
 # --------------------------------------------------------------------------- plot-tsne
@@ -415,13 +484,21 @@ def train_triplet(
     save_model: Optional[Path] = typer.Option(None, help="Also save the trained network as a model artifact."
                                               + OUT_STREAM_HELP),
     loss: str = typer.Option("facenet", help="facenet (Schroff 2015, squared distances on the unit sphere), hoffer "
-                             "(Hoffer & Ailon 2015, softmax of distances, no margin) or contrastive (Hadsell 2006)."),
+                             "(Hoffer & Ailon 2015, softmax of distances, no margin), contrastive (Hadsell 2006), "
+                             "npair (Sohn 2016, multi-class N-pair: one pair per class of the batch, raw "
+                             "embeddings, no margin) or margin (Wu et al. 2017: learned boundary β, see --beta*; "
+                             "partner: --miner distance-weighted)."),
     margin: str = typer.Option("0.05,0.1,0.2,0.5,1.0", help="Margins to try, comma-separated; one model per "
-                               "margin, the best validation mAP wins (hoffer ignores it)."),
+                               "margin, the best validation mAP wins (hoffer and npair ignore it; margin: α, the "
+                               "paper's 0.2)."),
     head: str = typer.Option("mlp", help="Embedding network: linear (d→dim) or mlp (d→hidden→dim, BatchNorm, "
                              "ReLU)."),
     dim: int = typer.Option(128, help="Embedding dimension."),
     hidden: int = typer.Option(512, help="Hidden width of the mlp head."),
+    beta: str = BETA,
+    beta_init: float = BETA_INIT,
+    beta_lr: float = BETA_LR,
+    npair_reg: float = NPAIR_REG,
     miner: str = MINER,
     classes_per_batch: int = P_OPT,
     samples_per_class: int = K_OPT,
@@ -444,13 +521,14 @@ def train_triplet(
 
     options = _train_options(epochs, batch_size, lr, optimizer, weight_decay, seed, early_stopping, miner,
                              classes_per_batch, samples_per_class, lr_milestones=lr_milestones, lr_gamma=lr_gamma)
+    loss_options = _loss_options(beta, beta_init, beta_lr, npair_reg)
     with _streams() as io:
         source = io.input(features)
         out = io.output(output, lambda: _default_output(f"{io.stem(features)}.triplet-{loss}.h5"))
         model_out = io.output(save_model, lambda: None)
         summary = run_train_triplet(source, out, save_model_path=model_out, head=head, dim=dim, hidden=hidden,
                                     loss=loss, margins=margin, val_fraction=val_fraction, options=options,
-                                    device=resolve_device(device), force=force)
+                                    device=resolve_device(device), force=force, loss_options=loss_options)
         from deephash_cli.ui import stderr_console
 
         for run in summary["margin_search"]:
@@ -570,12 +648,19 @@ def finetune(
     limit_per_class: Optional[int] = typer.Option(None, help="Keep only the first N items of each class per split "
                                                   "(quick subsets)."),
     test_fraction: float = typer.Option(0.2, help="Test share when the dataset has no test split (as extract)."),
+    split: str = typer.Option("official", "--split", help="As extract's: official, or classes (class-disjoint: "
+                              "training and validation see only the first half of the classes)."),
     head: str = typer.Option("linear", help="Head on the backbone's features: linear or mlp (BatchNorm in the "
                              "mlp trains with batch statistics)."),
     dim: int = typer.Option(128, help="Embedding dimension (--objective triplet)."),
     hidden: int = typer.Option(512, help="Hidden width of the mlp head."),
-    loss: str = typer.Option("facenet", help="Triplet loss (--objective triplet): facenet, hoffer or contrastive."),
+    loss: str = typer.Option("facenet", help="Embedding loss (--objective triplet): facenet, hoffer, contrastive, "
+                             "npair or margin (as train-triplet)."),
     margin: str = typer.Option("0.2", help="The loss margin (--objective triplet; one value)."),
+    beta: str = BETA,
+    beta_init: float = BETA_INIT,
+    beta_lr: float = BETA_LR,
+    npair_reg: float = NPAIR_REG,
     bits: int = typer.Option(48, help="Code length (--objective hash), 8..256."),
     method: str = typer.Option("triplet-ranking", help="Hash method (--objective hash): triplet-ranking (as "
                                "train-hash's default) or dtsh."),
@@ -637,7 +722,8 @@ def finetune(
                            hidden=hidden, loss=loss, margin=margin, bits=bits, method=method,
                            hash_options=hash_options, val_fraction=val_fraction, options=options,
                            lr_backbone=lr_backbone, freeze_bn=freeze_bn, amp=amp, device=device, workers=workers,
-                           eval_batch_size=eval_batch_size, resume=resume, force=force, init=init)
+                           eval_batch_size=eval_batch_size, resume=resume, force=force, init=init,
+                           loss_options=_loss_options(beta, beta_init, beta_lr, npair_reg), split=split)
     if summary["world_size"] > 1 and summary.get("rank", 0) != 0:
         return
     stderr_console().print(f"best val mAP {summary['best_val_map']:.4f} at epoch {summary['best_epoch']} "

@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 
 from deephash_cli import artifacts
 from deephash_cli.errors import DeephashError
@@ -22,14 +23,16 @@ from deephash_cli.ui import advance, progress_bar, stderr_console, warn
 def run_extract(output: Path, *, dataset: str, data_dir: str | None, backbone: str, weights: str,
                 image_size: int | None, mean: str, std: str, batch_size: int, device: str, workers: int,
                 limit_per_class: int | None, test_fraction: float, seed: int, skip_corrupt: bool,
-                force: bool, model_path: Path | None = None) -> Path:
-    """Extract features for the train and test splits of ``dataset`` into a features artifact.
+                force: bool, model_path: Path | None = None, split: str = "official") -> Path:
+    """Extract features for every split of ``dataset`` (train and test; In-shop: train, query and gallery) into a
+    features artifact. ``split``: the official split or the class-disjoint one (``classes``, see
+    ``datasets.class_disjoint``).
 
     With ``model_path`` (a ``deephash finetune`` model) the images go through that backbone + head
     with its image size and mean/std: an embeddings artifact, or for a hash model packed codes.
     """
     from deephash_cli.backbones import BACKBONES, build_backbone, resolve_device
-    from deephash_cli.datasets import DATASETS, limit_per_class as limit, load_dataset
+    from deephash_cli.datasets import DATASETS, SPLIT_MODES, limit_per_class as limit, load_dataset
     from deephash_cli.extract import ExtractStats, extract_chunks, make_transform, parse_triple
     from deephash_cli.items import names_by_index
 
@@ -45,11 +48,13 @@ def run_extract(output: Path, *, dataset: str, data_dir: str | None, backbone: s
         kind = "codes" if architecture.get("produces") == "codes" else "embeddings"
     spec = BACKBONES.get(backbone)
     DATASETS.get(dataset)
+    if split not in SPLIT_MODES:
+        raise DeephashError(f"unknown --split '{split}'; valid names: {', '.join(SPLIT_MODES)}")
     artifacts.check_output(output, force)
     mean_rgb, std_rgb = parse_triple(mean, "--mean"), parse_triple(std, "--std")
     torch_device = resolve_device(device)
-    data = load_dataset(dataset, data_dir, test_fraction=test_fraction, seed=seed)
-    sources = {"train": limit(data.train, limit_per_class), "test": limit(data.test, limit_per_class)}
+    data = load_dataset(dataset, data_dir, split=split, test_fraction=test_fraction, seed=seed)
+    sources = {name: limit(source, limit_per_class) for name, source in data.sources().items()}
     if image_size is None:
         image_size = native_image_size(sources) if backbone == "pixels" else 224
     model, spec = (finetuned, BACKBONES.get(backbone)) if finetuned is not None else build_backbone(backbone, weights)
@@ -68,7 +73,8 @@ def run_extract(output: Path, *, dataset: str, data_dir: str | None, backbone: s
               "backbone": backbone,
               "layer": spec.layer, "dim": dim, **weights_info, "image_size": image_size, "mean": mean_rgb,
               "std": std_rgb, "batch_size": batch_size, "device": str(torch_device),
-              "limit_per_class": limit_per_class, **{f"split_{k}": v for k, v in data.split_info.items()}}
+              "limit_per_class": limit_per_class, "split": split,
+              **{f"split_{k}": v for k, v in data.split_info.items()}}
     stats = {name: ExtractStats() for name in sources}
     start = time.perf_counter()
     with artifacts.ArtifactWriter(output, kind=kind, class_names=data.class_names, config=config,
@@ -127,12 +133,64 @@ def native_image_size(sources: dict[str, Any]) -> int:
     return next(iter(first))[0]
 
 
+def run_split_classes(file: Path, output: Path, *, force: bool) -> dict[str, Any]:
+    """A features artifact of the official split re-split class-disjointly, as ``extract --split classes`` makes
+    it from the images (``datasets.class_disjoint``): every item of the splits pooled (train, then test), the
+    first ``C // 2`` classes to ``train``, the rest to ``test``; features, labels, paths and class names kept,
+    dataset indices made unique the same way (CIFAR-10's test items become ``50000 + i``).
+
+    The same artifact as a new extraction, without decoding an image again, when the parent was extracted from
+    the whole dataset (with ``--limit-per-class`` the subsets differ: extract limits after pooling). Returns the
+    item counts.
+    """
+    from deephash_cli.artifacts import Split
+    from deephash_cli.datasets import class_cut, pooled_indices
+
+    artifacts.check_output(output, force)
+    parent_sha256 = artifacts.check_input(file)
+    artifact = artifacts.read_artifact(file, expect_kinds=("features",))
+    config = artifact.config
+    shown = artifacts.display_name(file)
+    if config.get("stage") != "extract":
+        raise DeephashError(f"{shown}: made by '{config.get('stage')}', not extract; only extracted features can be "
+                            f"re-split (a model trained on every class has seen the held-out ones)")
+    if config.get("split") == "classes" or "val" in artifact.splits:
+        raise DeephashError(f"{shown}: already split by classes" if config.get("split") == "classes" else
+                            f"{shown}: holds a validation split; re-split the extracted artifact")
+    parts = list(artifact.splits.values())
+    train_classes = set(np.unique(artifact.split("train").labels).tolist())
+    other = set().union(*(np.unique(s.labels).tolist() for name, s in artifact.splits.items() if name != "train"))
+    if not train_classes & other:
+        raise DeephashError(f"{shown}: its splits are already class-disjoint (no class in both train and "
+                            f"{', '.join(n for n in artifact.splits if n != 'train')}); use it as it is")
+    cut = class_cut(len(artifact.class_names))
+    labels = np.concatenate([p.labels for p in parts])
+    index = np.concatenate(pooled_indices([p.index for p in parts]))
+    features = np.concatenate([p.features for p in parts])
+    paths = np.concatenate([p.paths for p in parts]) if all(p.paths is not None for p in parts) else None
+    pooled = Split(labels, index, features=features, paths=paths)
+    info = {"test_split": "classes", "pooled_from": config.get("split_test_split"), "train_classes": f"0..{cut - 1}",
+            "test_classes": f"{cut}..{len(artifact.class_names) - 1}"}
+    new_config = {**{k: v for k, v in config.items() if k != "split_test_split"}, "split": "classes",
+                  **{f"split_{k}": v for k, v in info.items()},
+                  "resplit": {"from": artifacts.parent_reference(file, output), "sha256": parent_sha256}}
+    counts = {}
+    with artifacts.ArtifactWriter(output, kind="features", class_names=artifact.class_names, config=new_config,
+                                  parent=file, parent_sha256=parent_sha256, force=force) as writer:
+        for name, rows in (("train", np.flatnonzero(labels < cut)), ("test", np.flatnonzero(labels >= cut))):
+            writer.write_split(name, pooled.subset(rows))
+            counts[name] = int(len(rows))
+    return counts
+
+
 # --------------------------------------------------------------------------- evaluate
 
 
 def run_evaluate(file: Path, *, map_at: list[int], precision_at: list[int], knn_k: int, distance: str | None,
                  protocol: str, query_split: str, database_split: str, queries_per_class: int, seed: int,
-                 ties: str = "expected", record: bool = False, metrics: list[str] | None = None) -> dict[str, Any]:
+                 ties: str = "expected", record: bool = False, metrics: list[str] | None = None,
+                 recall_at: list[int] | tuple[int, ...] = (), map_at_r: bool = False, nmi: bool = False
+                 ) -> dict[str, Any]:
     """Evaluate retrieval on an artifact; returns the JSON-able result (the methodology is described in
     docs/results/experiments.md, "Evaluation methodology").
 
@@ -143,6 +201,10 @@ def run_evaluate(file: Path, *, map_at: list[int], precision_at: list[int], knn_
     ``metrics``: the names asked for (``evaluate --metric``: map, map@K, precision@K, knn), stored as the
     result's ``metrics`` list; the table shows only those. ``map`` and ``knn_accuracy`` are always computed and
     kept in the result (records, ``info`` and ``report`` read them).
+
+    The metric-learning metrics (:mod:`deephash_cli.dml_metrics`) when asked: ``recall_at`` (Ks of Recall@K),
+    ``map_at_r`` (MAP@R) and ``nmi`` (NMI of k-means over the queries, seeded with ``seed``); they go to the
+    result as ``recall_at`` {K: value}, ``map_at_r``, ``nmi`` (with ``nmi_clusters``) and ``dml_queries``.
     """
     from deephash_cli.metrics import evaluate_retrieval
     from deephash_cli.protocols import select
@@ -161,7 +223,8 @@ def run_evaluate(file: Path, *, map_at: list[int], precision_at: list[int], knn_
     elif distance not in ("euclidean", "cosine"):
         raise DeephashError(f"unknown distance '{distance}'; valid names: euclidean, cosine (codes: hamming)")
     present = ", ".join(artifact.splits) or "none"
-    if query_split not in artifact.splits:
+    query_gallery = protocol == "within" and "query" in artifact.splits and "gallery" in artifact.splits
+    if query_split not in artifact.splits and not query_gallery:
         raise DeephashError(f"{artifacts.display_name(file)}: --query-split {query_split}: no split '{query_split}' "
                             f"(splits present: {present})")
     wanted = [name.strip() for name in database_split.split(",") if name.strip()]
@@ -174,9 +237,25 @@ def run_evaluate(file: Path, *, map_at: list[int], precision_at: list[int], knn_
     start = time.perf_counter()
     result = evaluate_retrieval(chosen.query, chosen.query_labels, chosen.database, chosen.database_labels,
                                 distance=distance, bits=bits, map_at=tuple(map_at),
-                                precision_at=tuple(precision_at), knn_k=knn_k)
+                                precision_at=tuple(precision_at), knn_k=knn_k, exclude_self=chosen.exclude_self)
+    dml: dict[str, Any] = {}
+    if recall_at or map_at_r:
+        from deephash_cli.dml_metrics import neighbour_metrics
+
+        neighbours = neighbour_metrics(chosen.query, chosen.query_labels, chosen.database, chosen.database_labels,
+                                       distance=distance, bits=bits, recall_at=recall_at, map_at_r=map_at_r,
+                                       exclude_self=chosen.exclude_self)
+        dml["recall_at"] = {str(k): v for k, v in neighbours.recall_at.items()}
+        if map_at_r:
+            dml["map_at_r"] = neighbours.map_at_r
+        dml["dml_queries"] = neighbours.queries_scored
+    if nmi:
+        from deephash_cli.dml_metrics import kmeans_nmi
+
+        dml["nmi"], dml["nmi_clusters"] = kmeans_nmi(chosen.query, chosen.query_labels, distance=distance, bits=bits,
+                                                     seed=seed)
     seconds = time.perf_counter() - start
-    summary = result.to_dict()
+    summary = {**result.to_dict(), **dml}
     summary["map_expected"] = summary["map"]
     summary["map"] = {"expected": result.map, "optimistic": result.map_optimistic,
                       "pessimistic": result.map_pessimistic}[ties]
@@ -186,12 +265,20 @@ def run_evaluate(file: Path, *, map_at: list[int], precision_at: list[int], knn_
     summary.update({"ties": ties, "file": artifacts.display_name(file), "kind": artifact.kind, "bits": bits,
                     "protocol": protocol, "selection": chosen.description, "seconds": round(seconds, 3),
                     "config": artifact.config})
-    summary["setting"] = {"protocol": protocol, "distance": distance, "query_split": query_split,
-                          "database_split": database_split if protocol == "splits" else None,
+    asked = {"map_at": sorted(set(map_at)), "precision_at": sorted(set(precision_at))}
+    if recall_at:
+        asked["recall_at"] = sorted(set(recall_at))
+    if map_at_r:
+        asked["map_at_r"] = True
+    if nmi:
+        asked["nmi"] = {"kmeans_seed": seed, "n_init": 1}
+    summary["setting"] = {"protocol": protocol, "distance": distance,
+                          "query_split": "query" if query_gallery else query_split,
+                          "database_split": database_split if protocol == "splits" else
+                          ("gallery" if query_gallery else None),
                           "queries_per_class": queries_per_class if protocol == "pooled" else None,
                           "seed": seed if protocol == "pooled" else None,
-                          "metrics": {"map_at": sorted(set(map_at)), "precision_at": sorted(set(precision_at))},
-                          "knn_k": knn_k, "ties": ties}
+                          "metrics": asked, "knn_k": knn_k, "ties": ties}
     if record:
         from deephash_cli import records
 

@@ -48,7 +48,7 @@ def advance(progress: Progress, n: int, unit: str = "img", **fields: str) -> Non
 
 def evaluation_table(result: Mapping[str, Any], metrics: Sequence[str] | None = None) -> Table:
     """A rich table of one ``evaluate`` result showing the ``metrics`` asked for (names as ``--metric`` takes
-    them: map, map@K, precision@K, knn; default the result's ``metrics`` list, else all of them), then the
+    them: map, map@K, precision@K, knn, recall@K, map@r, nmi; default the result's ``metrics`` list, else all of them), then the
     query and database sizes."""
     if metrics is None:
         metrics = result.get("metrics") or ["map", *(f"map@{k}" for k in result.get("map_at", {})),
@@ -63,12 +63,18 @@ def evaluation_table(result: Mapping[str, Any], metrics: Sequence[str] | None = 
             if result["distance"] == "hamming":
                 table.add_row("mAP@all optimistic / pessimistic",
                               f"{result['map_optimistic']:.4f} / {result['map_pessimistic']:.4f}")
-        elif metric == "map":
+        elif metric == "map" and k != "r":
             table.add_row(f"mAP@{k}", f"{result['map_at'][k]:.4f}")
         elif metric == "precision":
             table.add_row(f"precision@{k}", f"{result['precision_at'][k]:.4f}")
         elif name == "knn":
             table.add_row(f"kNN accuracy (k={result['knn_k']})", f"{result['knn_accuracy']:.4f}")
+        elif metric == "recall":
+            table.add_row(f"Recall@{k}", f"{result['recall_at'][k]:.4f}")
+        elif name == "map@r":
+            table.add_row("MAP@R", f"{result['map_at_r']:.4f}")
+        elif name == "nmi":
+            table.add_row(f"NMI (k-means, {result['nmi_clusters']} clusters)", f"{result['nmi']:.4f}")
     table.add_row("queries / database", f"{result['queries']} / {result['database']}")
     if result.get("queries_without_relevant"):
         table.add_row("queries without relevant item", str(result["queries_without_relevant"]))
