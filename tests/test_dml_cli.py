@@ -134,3 +134,38 @@ def test_metric_list_shorthand():
         [], [10, 100], ["recall@1", "recall@2", "recall@4", "recall@8", "nmi", "map@r", "map", "precision@10",
                         "precision@100"])
     assert _parse_metrics("MAP@R,map@5,10")[0] == [5, 10]
+
+
+def test_finetune_margin_loss_on_the_class_split_checkpoints_beta(runner, tmp_path):
+    import torch
+    import torchvision
+
+    from deephash_cli.artifacts import read_checkpoint, read_header
+    from deephash_cli.finetune import read_resume
+
+    root = _folder(tmp_path / "images", train=6, test=2)
+    torch.manual_seed(0)
+    model = torchvision.models.mobilenet_v2(weights=None)  # random init, BatchNorm statistics of random images
+    for module in model.modules():
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.momentum = None
+    with torch.no_grad():
+        model.train()(torch.randn(8, 3, 16, 16))
+    torch.save(model.state_dict(), tmp_path / "init.pth")
+    out = tmp_path / "m.model.h5"
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        result = invoke(runner, "finetune", "--dataset", "imagefolder", "--data-dir", root, "--weights",
+                        tmp_path / "init.pth", "--image-size", "16", "--classes-per-batch", "2", "--samples-per-class",
+                        "2", "--val-fraction", "0.25", "--dim", "8", "--device", "cpu", "--epochs", "1", "--split",
+                        "classes", "--loss", "margin", "--miner", "distance-weighted", "--beta-lr", "0.01", "-o", out)
+    finally:
+        torch.set_num_threads(threads)
+    assert result.exit_code == 0, result.output
+    config = read_header(out)["config"]
+    assert config["fingerprint"]["split"] == "classes" and config["fingerprint"]["beta_lr"] == 0.01
+    assert config["split"]["train_classes"] == "0..1" and config["items"]["train"] + config["items"]["val"] == 16
+    beta = read_checkpoint(out)[1]["loss/beta"]
+    assert beta.shape == (4,) and np.all(beta[2:] == np.float32(1.2)) and np.any(beta[:2] != np.float32(1.2))
+    np.testing.assert_array_equal(read_resume(out, config["fingerprint"]).loss["beta"].numpy(), beta)
