@@ -91,7 +91,10 @@ def _json(value: Any) -> Any:
 def key_config(header: Mapping[str, Any], splits: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
     """The few settings that identify a result: dataset, backbone, stage, method, bits, margin, val mAP."""
     config = header.get("config", {})
+    split = lineage_value(config, "split")  # extract: "official"/"classes"; finetune: its split info
+    class_disjoint = split == "classes" or (isinstance(split, dict) and split.get("test_split") == "classes")
     keys = {"stage": config.get("stage"), "dataset": lineage_value(config, "dataset"),
+            "split": "classes (class-disjoint)" if class_disjoint else None,
             "backbone": lineage_value(config, "backbone"), "method": method_of(config),
             "bits": bits_of(config, splits), "dim": config.get("dim"),
             "chosen_margin": lineage_value(config, "chosen_margin"),
@@ -266,7 +269,7 @@ def render(info: Mapping[str, Any]) -> str:
     for name, split in info["splits"].items():
         shape = "×".join(str(n) for n in split["shape"])
         bits = f", {split['bits']} bits" if split.get("bits") else ""
-        lines.append(f"  {name:<6} {split['rows']:>8} rows  {split['data']} {shape} {split['dtype']}{bits}")
+        lines.append(f"  {name:<7} {split['rows']:>8} rows  {split['data']} {shape} {split['dtype']}{bits}")
     if not info["splits"] and info["kind"] != "index":
         lines.append("  (none)")
     names = info["class_names"]
