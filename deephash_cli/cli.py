@@ -259,8 +259,8 @@ BETA = typer.Option("class", "--beta", help="margin loss: one learned boundary �
 BETA_INIT = typer.Option(1.2, "--beta-init", help="margin loss: initial β, in (0, 2) (Wu et al.: 1.2).")
 BETA_LR = typer.Option(1e-3, "--beta-lr", help="margin loss: β's learning rate, with the training optimizer "
                        "(Adam moves β by about this much a step); decayed with --lr-milestones; 0 keeps β fixed.")
-NPAIR_REG = typer.Option(0.002, "--npair-reg", help="npair loss: L2 penalty λ on the embeddings, λ/4·(mean‖f_a‖² "
-                         "+ mean‖f_p‖²) (TensorFlow's npairs_loss; 0.002 its default).")
+NPAIR_REG = typer.Option(0.002, "--npair-reg", help="npair loss: L2 penalty λ on the embeddings, "
+                         "λ/4·(mean‖f_a‖² + mean‖f_p‖²) (TensorFlow's npairs_loss; 0.002 its default).")
 
 
 def _loss_options(beta: str, beta_init: float, beta_lr: float, npair_reg: float):

@@ -205,7 +205,8 @@ def read_resume(path: Path, fingerprint: dict[str, Any]) -> Checkpoint:
                                             if name.startswith("model/")},
                       optimizer, state["scaler"], tensor(arrays["rng/generator"]), tensor(arrays["rng/torch"]), best,
                       int(state["epochs_without_improvement"]), bool(state["stopped"]),
-                      {name[len("loss/"):]: tensor(value) for name, value in arrays.items() if name.startswith("loss/")})
+                      {name[len("loss/"):]: tensor(value) for name, value in arrays.items()
+                       if name.startswith("loss/")})
 
 
 # --------------------------------------------------------------------------- the stage

@@ -167,9 +167,9 @@ def fit(model: nn.Module, loss_fn: nn.Module, train_x: torch.Tensor, train_y: to
     of training items ``rows`` instead of ``model(train_x[rows])`` (``train_x`` may then be None);
     ``parameters``: what the optimizer trains (default ``model.parameters()``; parameter groups
     may set their own ``lr``); the loss's own learnable parameters (``loss_fn.parameter_groups()``,
-    e.g. the margin loss's β with its learning rate) are added to them; ``amp``: autocast the forward pass to float16 and scale the loss
-    with a GradScaler (CUDA only); ``resume``: continue after the checkpoint's epoch;
-    ``on_checkpoint(checkpoint)``: called after every epoch.
+    e.g. the margin loss's β with its learning rate) are added to them; ``amp``: autocast the
+    forward pass to float16 and scale the loss with a GradScaler (CUDA only); ``resume``: continue
+    after the checkpoint's epoch; ``on_checkpoint(checkpoint)``: called after every epoch.
     """
     options.check()
     device = train_y.device

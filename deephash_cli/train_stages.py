@@ -210,7 +210,8 @@ def run_train_triplet(features_path: Path, output: Path, *, save_model_path: Pat
     summary = {"margin_search": runs, "chosen_margin": chosen_margin, "best_val_map": best_score,
                "best_epoch": result.best_epoch}
     config = {"stage": "train-triplet", "loss": loss, "head": head, "dim": dim, "hidden": hidden,
-              "val_fraction": val_fraction, **_loss_config(loss, loss_options), **{k: v for k, v in options.__dict__.items() if k != "margin"},
+              "val_fraction": val_fraction, **_loss_config(loss, loss_options),
+              **{k: v for k, v in options.__dict__.items() if k != "margin"},
               "device": str(device), "input": input_signature(data.artifact), **summary,
               "source": data.artifact.config}
     if save_model_path is not None:

@@ -48,8 +48,8 @@ def advance(progress: Progress, n: int, unit: str = "img", **fields: str) -> Non
 
 def evaluation_table(result: Mapping[str, Any], metrics: Sequence[str] | None = None) -> Table:
     """A rich table of one ``evaluate`` result showing the ``metrics`` asked for (names as ``--metric`` takes
-    them: map, map@K, precision@K, knn, recall@K, map@r, nmi; default the result's ``metrics`` list, else all of them), then the
-    query and database sizes."""
+    them: map, map@K, precision@K, knn, recall@K, map@r, nmi; default the result's ``metrics`` list, else all of
+    them), then the query and database sizes."""
     if metrics is None:
         metrics = result.get("metrics") or ["map", *(f"map@{k}" for k in result.get("map_at", {})),
                                             *(f"precision@{k}" for k in result.get("precision_at", {})), "knn"]
