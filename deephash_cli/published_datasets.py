@@ -123,6 +123,7 @@ def read_cub200(root: Path) -> Listing:
     """CUB-200-2011: 11,788 images of 200 bird species; official split 5,994 train / 5,794 test."""
     files = {name: _require(root / name, "cub200", CUB_LAYOUT)
              for name in ("images.txt", "image_class_labels.txt", "train_test_split.txt", "classes.txt")}
+    _images_folder(root, ("images",), "cub200", CUB_LAYOUT)
     images = _id_table(files["images.txt"], 2, "<image id> <path>", str)
     classes = _id_table(files["classes.txt"], 2, "<class id> <name>", str)
     labels = _id_table(files["image_class_labels.txt"], 2, "<image id> <class id>")

@@ -79,6 +79,15 @@ def test_cub200_missing_list_file_is_named(tmp_path, name):
         load_dataset("cub200", str(root))
 
 
+def test_cub200_missing_images_folder_is_named(tmp_path):
+    import shutil
+
+    root = write_cub(tmp_path / "CUB_200_2011")
+    shutil.rmtree(root / "images")
+    with pytest.raises(DeephashError, match=r"CUB_200_2011/images: missing; --dataset cub200 expects"):
+        load_dataset("cub200", str(root))
+
+
 def test_cub200_label_file_disagreeing_with_the_image_list(tmp_path):
     root = write_cub(tmp_path / "CUB_200_2011")
     text = (root / "image_class_labels.txt").read_text().replace("1 1\n", "1 2\n", 1)  # image 1 sits in 001.*
