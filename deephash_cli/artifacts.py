@@ -436,6 +436,7 @@ class ArtifactWriter:
         force: bool = False,
         command: str | None = None,
         parent_sha256: str | None = None,
+        versions: Mapping[str, Any] | None = None,
     ) -> None:
         if kind not in KINDS:
             raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
@@ -447,6 +448,8 @@ class ArtifactWriter:
         self.parent_sha256 = parent_sha256  # None: hashed on entering (stages hash it before their work)
         self.force = force
         self.command = command if command is not None else command_line()
+        # None: this process's libraries; merge passes the versions its shards were made with.
+        self.versions = dict(versions) if versions is not None else None
         self._tmp_path: Path | None = None
         self._guard: _GuardedFile | None = None
         self.file: h5py.File | None = None
@@ -475,7 +478,8 @@ class ArtifactWriter:
             attrs["generator"] = f"deephash {__version__}"
             attrs["command"] = printable(self.command)
             attrs["config"] = json.dumps(self.config, sort_keys=True, default=str)
-            attrs["versions"] = json.dumps(library_versions(), sort_keys=True)
+            attrs["versions"] = json.dumps(self.versions if self.versions is not None else library_versions(),
+                                           sort_keys=True)
             if self.parent is not None:
                 attrs["parent"] = printable(parent_reference(self.parent, self.path))
                 attrs["parent_sha256"] = parent_hash
