@@ -273,27 +273,61 @@ def extract(
                                       "the artifact) instead of failing with the file's path."),
     output: Optional[Path] = typer.Option(None, "-o", "--output", help="Output features artifact. Default: "
                                           "artifacts/<dataset>-<backbone>.h5 (with --model: "
-                                          "artifacts/<model>.<dataset>.h5)." + OUT_STREAM_HELP),
+                                          "artifacts/<model>.<dataset>.h5). A shard goes to OUT with "
+                                          ".shard-0000K-of-0000N inserted before .h5." + OUT_STREAM_HELP),
     model: Optional[Path] = typer.Option(None, "--model", help="A `deephash finetune` model artifact: its backbone "
                                          "+ head, image size and mean/std replace --backbone/--weights/--image-size/"
                                          "--mean/--std; writes embeddings (hash models: packed binary codes)."),
+    shard: Optional[str] = typer.Option(None, "--shard", metavar="K/N", help="Extract only shard K of N "
+                                        "(0 ≤ K < N, numbered from 0 like Slurm array task ids): a contiguous run "
+                                        "of whole batches of every split; `deephash merge` joins the N shards. "
+                                        "Under torchrun (WORLD_SIZE > 1) each process takes shard "
+                                        "RANK/WORLD_SIZE by itself. See docs/scale.md."),
     max_image_pixels: int = MAX_PIXELS,
     force: bool = typer.Option(False, help="Overwrite an existing output."),
 ) -> None:
     """Extract features of every split with a pretrained CNN (layer before the classifier) into HDF5."""
-    from deephash_cli import stages
+    from deephash_cli import shards, stages
 
     _pixel_limit(max_image_pixels)
+    chosen = shards.choose(shard)
     with _streams() as io:
         out = io.output(output, lambda: _default_output(
             f"{io.name(model).removesuffix('.h5').removesuffix('.model')}.{dataset}.h5" if model is not None
             else f"{dataset}-{backbone}.h5"))
+        if chosen is not None and not io.is_streamed(out):
+            out = shards.output_path(out, chosen)
         path = stages.run_extract(
             out, dataset=dataset, data_dir=data_dir, backbone=backbone, weights=weights, image_size=image_size,
             mean=mean, std=std, batch_size=batch_size, device=device, workers=workers,
             limit_per_class=limit_per_class, test_fraction=test_fraction, seed=seed, skip_corrupt=skip_corrupt,
-            force=force, model_path=model)
+            force=force, model_path=model, shard=chosen)
         _emit(io, path)
+
+
+# --------------------------------------------------------------------------- merge
+
+
+@command("merge")
+def merge(
+    shard_files: List[Path] = typer.Argument(..., metavar="SHARD", help="The N shards of one sharded "
+                                             "extraction (extract --shard K/N, or extract under torchrun), in any "
+                                             "order."),
+    output: Path = typer.Option(..., "-o", "--output", help="The merged artifact." + OUT_STREAM_HELP),
+    force: bool = typer.Option(False, help="Overwrite an existing output."),
+) -> None:
+    """Join the shards of a sharded extract into the artifact one process would have written: the same
+    features, labels and paths bit for bit, rows in dataset order, the same config. Refuses an incomplete set,
+    a shard given twice, shards of another N and shards made with other settings (see docs/scale.md)."""
+    from deephash_cli.stages import run_merge
+    from deephash_cli.ui import stderr_console
+
+    with _streams() as io:
+        out = io.output(output, lambda: output)
+        summary = run_merge(list(shard_files), out, force=force)
+        rows = ", ".join(f"{name} {n}" for name, n in summary["rows"].items())
+        stderr_console().print(f"merged {summary['shards']} shards: {rows} rows")
+        _emit(io, out)
 
 
 # --------------------------------------------------------------------------- evaluate

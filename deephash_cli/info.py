@@ -97,6 +97,12 @@ def key_config(header: Mapping[str, Any], splits: Mapping[str, Mapping[str, Any]
             "chosen_margin": lineage_value(config, "chosen_margin"),
             "best_val_map": lineage_value(config, "best_val_map"), "best_epoch": lineage_value(config, "best_epoch"),
             "seconds": seconds_of(header)}
+    shard = config.get("shard")
+    if isinstance(shard, dict):  # extract --shard K/N (docs/scale.md)
+        keys["shard"] = f"{shard.get('index')}/{shard.get('count')}"
+    merged = _json(header.get("merged_from"))
+    if isinstance(merged, list):  # deephash merge
+        keys["merged_from"] = f"{len(merged)} shards"
     return {key: value for key, value in keys.items() if value is not None}
 
 
