@@ -66,6 +66,11 @@ def run_extract(output: Path, *, dataset: str, data_dir: str | None, backbone: s
         ranges = {name: shards.rows(n, batch_size, shard) for name, n in totals.items()}
         sources = {name: source.subset(np.arange(*ranges[name])) for name, source in sources.items()}
         shard_info = {"shard": shards.record(shard, ranges, totals)}
+        for name, (start, stop) in ranges.items():
+            batches = -(-totals[name] // batch_size)
+            if start == stop and batches:
+                warn(f"shard {shard}: no {name} rows (its {totals[name]} rows make {batches} "
+                     f"batch{'es' if batches > 1 else ''} of {batch_size} for {shard.count} shards)")
     model, spec = (finetuned, BACKBONES.get(backbone)) if finetuned is not None else build_backbone(backbone, weights)
     transform = make_transform(image_size, mean_rgb, std_rgb)
     dim = spec.dim if spec.dim is not None else 3 * image_size * image_size
