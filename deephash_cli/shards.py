@@ -137,6 +137,10 @@ class ShardFile:
                                 f"total; found {entry!r:.120})") from None
         if not 0 <= self.shard.index < self.shard.count:
             raise DeephashError(f"{self.path}: config field 'shard' says {self.shard}, outside 0..N-1")
+        batch_size = config.get("batch_size")
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size <= 0:
+            raise DeephashError(f"{self.path}: config field 'batch_size' must be a positive integer (it decides "
+                                f"the shard's rows), found {batch_size!r}")
 
     @property
     def header(self) -> Mapping[str, Any]:
@@ -234,7 +238,7 @@ def plan_merge(files: Sequence[ShardFile]) -> MergePlan:
         raise DeephashError(f"incomplete set of {count} shards: missing {shown} (found {len(seen)} of {count}: "
                             f"{', '.join(str(k) for k in sorted(seen)[:10])}{', ...' if len(seen) > 10 else ''})")
     ordered = [seen[k] for k in range(count)]
-    batch_size = int(first.config.get("batch_size") or 0)
+    batch_size = int(first.config["batch_size"])
     skipped: dict[str, list[str]] = {}
     for part in ordered:
         extraction = part.extraction()
@@ -243,7 +247,8 @@ def plan_merge(files: Sequence[ShardFile]) -> MergePlan:
             expected = rows(total, batch_size, part.shard)
             found = part.record["rows"].get(name)
             if found != expected:
-                raise DeephashError(f"{part.path}: shard {part.shard} records {name} rows {found}, but shard "
+                raise DeephashError(f"{part.path}: shard {part.shard} records {name} rows "
+                                    f"{list(found) if found else found}, but shard "
                                     f"{part.shard} of {total} rows in batches of {batch_size} is rows "
                                     f"{list(expected)} (made by another deephash version?)")
             held = part.summary["splits"].get(name, {}).get("rows", 0)
