@@ -643,8 +643,9 @@ def finetune(
                              "GradScaler); always off on CPU."),
     seed: int = SEED,
     device: str = DEVICE,
-    workers: int = typer.Option(0, help="DataLoader workers for the validation and standardisation passes "
-                                "(training batches are decoded in the main process)."),
+    workers: int = typer.Option(0, min=0, help="DataLoader worker processes decoding images: training batches "
+                                "two steps ahead, and the validation and standardisation passes (0: in the main "
+                                "process). Results are the same for every value."),
     eval_batch_size: int = typer.Option(128, help="Images per forward pass when embedding without gradients."),
     max_image_pixels: int = MAX_PIXELS,
     resume: bool = typer.Option(False, "--resume", help="Continue the run checkpointed in --output from its last "

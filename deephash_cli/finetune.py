@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -124,6 +124,46 @@ def load_train_batch(source: ImageSource, rows: Sequence[int], transform: Callab
             torch.manual_seed(seed)
             images.append(transform(image))
     return torch.stack(images)
+
+
+class EpochImages(torch.utils.data.Dataset):
+    """Item ``i``: the augmented images of step ``i + 1`` of ``epoch`` (this process's part of the batch).
+
+    Read by a DataLoader with workers, so JPEG decoding and augmentation run in other processes,
+    ahead of the step that needs them; the images are those :func:`load_train_batch` gives in the
+    main process (each item's crop depends only on its seed). A file that does not decode comes
+    back as ``(path, reason)`` and is raised in the main process (exceptions do not cross
+    processes intact).
+    """
+
+    def __init__(self, source: ImageSource, transform: Callable, seed: int, epoch: int,
+                 parts: Sequence[tuple[np.ndarray, int]]) -> None:
+        self.source, self.transform, self.seed, self.epoch, self.parts = source, transform, seed, epoch, parts
+
+    def __len__(self) -> int:
+        return len(self.parts)
+
+    def __getitem__(self, i: int) -> tuple[np.ndarray, torch.Tensor | None, tuple[str, str] | None]:
+        from deephash_cli.datasets import CorruptImageError
+
+        rows, start = self.parts[i]
+        seeds = [item_seed(self.seed, self.epoch, i + 1, start + j) for j in range(len(rows))]
+        try:
+            return rows, load_train_batch(self.source, rows, self.transform, seeds), None
+        except CorruptImageError as err:
+            return rows, None, (err.path, err.reason)
+
+
+def prefetched_batches(dataset: EpochImages, workers: int) -> Iterator[tuple[np.ndarray, torch.Tensor]]:
+    """``dataset``'s steps in order, decoded by ``workers`` processes two steps ahead each."""
+    from deephash_cli.datasets import CorruptImageError
+
+    loader = torch.utils.data.DataLoader(dataset, batch_size=None, shuffle=False, num_workers=workers,
+                                         prefetch_factor=2, persistent_workers=False)
+    for rows, images, failure in loader:
+        if failure is not None:
+            raise CorruptImageError(*failure)
+        yield rows, images
 
 
 def embed_source(module: nn.Module, source: ImageSource, transform: Callable, image_size: int, *,
@@ -388,12 +428,29 @@ def _train(output: Path, *, context: distributed.DistContext, data: Any, train_s
     groups = [{"params": list(net.backbone.parameters()), "lr": lr_backbone},
               {"params": list(net.head.parameters()), "lr": options.lr}]
 
+    ahead: dict[str, Iterator[tuple[np.ndarray, torch.Tensor]]] = {}
+
+    def plan_epoch(epoch: int, planned: list[torch.Tensor]) -> None:
+        """With --workers > 0, start decoding this epoch's training images in worker processes."""
+        if workers > 0:
+            parts = []
+            for rows in planned:
+                part = distributed.shard(len(rows), context)
+                parts.append((rows.numpy()[part], part.start))
+            ahead["batches"] = prefetched_batches(EpochImages(train_source, train_transform, options.seed, epoch,
+                                                              parts), workers)
+
     def embed_rows(rows: torch.Tensor, epoch: int, step: int) -> torch.Tensor:
         """Embeddings (B, d) of training items ``rows``: this rank's shard computed, the rest gathered."""
         rows_np = rows.cpu().numpy()
         part = distributed.shard(len(rows_np), context)
-        seeds = [item_seed(options.seed, epoch, step, j) for j in range(part.start, part.stop)]
-        images = load_train_batch(train_source, rows_np[part], train_transform, seeds)
+        if "batches" in ahead:
+            planned_rows, images = next(ahead["batches"])
+            if not np.array_equal(planned_rows, rows_np[part]):
+                raise RuntimeError(f"prefetched images of step {step} are for other rows")  # a bug, not bad input
+        else:
+            seeds = [item_seed(options.seed, epoch, step, j) for j in range(part.start, part.stop)]
+            images = load_train_batch(train_source, rows_np[part], train_transform, seeds)
         local = forward(images.to(device, non_blocking=True))
         return distributed.gather_rows(local, len(rows_np), context)
 
@@ -423,7 +480,7 @@ def _train(output: Path, *, context: distributed.DistContext, data: Any, train_s
 
     run_options = TrainOptions(**{**options.__dict__, "margin": miner_margin})
     hooks = dict(embed_rows=embed_rows, parameters=groups, amp=amp, resume=checkpoint,
-                 on_checkpoint=save if context.is_main else None)
+                 on_checkpoint=save if context.is_main else None, plan_epoch=plan_epoch)
     train_y = torch.as_tensor(train_source.labels, device=device)
     if context.is_main:
         if checkpoint is not None:
