@@ -6,7 +6,6 @@ import json
 import math
 import shlex
 
-import h5py
 import numpy as np
 import pytest
 import torch
@@ -18,51 +17,12 @@ from deephash_cli.groups import experiment, seed_of, summarize
 from deephash_cli.records import read_records
 from deephash_cli.report import group_rows, map_vs_bits_series
 from deephash_cli.seeds import seed_path
-from tests.conftest import invoke
+from tests.conftest import assert_bitwise_equal, datasets, invoke, without_timing
 
 FAST = ["--epochs", "2", "--hidden", "16", "--device", "cpu"]
 HASH = ["--bits", "8", *FAST]
 TRIPLET = ["--margin", "0.2", "--dim", "8", "--miner", "semihard", "--classes-per-batch", "4",
            "--samples-per-class", "5", *FAST]
-# Wall-clock columns of the training history: the only datasets a rerun may change.
-TIMING = ("history/seconds", "history/seconds_with_validation")
-
-
-def datasets(path) -> dict[str, np.ndarray]:
-    """Every dataset of an HDF5 file by its path."""
-    found: dict[str, np.ndarray] = {}
-    with h5py.File(path, "r") as handle:
-        handle.visititems(lambda name, item: found.__setitem__(name, item[()]) if isinstance(item, h5py.Dataset)
-                          else None)
-    return found
-
-
-def assert_bitwise_equal(path, other) -> int:
-    """Every dataset of ``path`` equals ``other``'s bit for bit (dtype, shape, bytes), timing columns aside;
-    returns how many were compared."""
-    mine, theirs = datasets(path), datasets(other)
-    assert mine.keys() == theirs.keys()
-    compared = 0
-    for name, value in mine.items():
-        if name in TIMING:
-            continue
-        found = theirs[name]
-        assert (value.dtype, value.shape) == (found.dtype, found.shape), name
-        if value.dtype.kind == "O":  # variable-length strings: the stored bytes, not the object pointers
-            assert np.asarray(value).tolist() == np.asarray(found).tolist(), f"{path}:{name} differs from {other}"
-        else:
-            assert np.asarray(value).tobytes() == np.asarray(found).tobytes(), f"{path}:{name} differs from {other}"
-        compared += 1
-    return compared
-
-
-def without_timing(config: dict) -> dict:
-    """A training config without its seconds (and the model file's hash, which covers the model's timing)."""
-    drop = ("seconds_per_epoch", "model_sha256")
-    return {key: ([{k: v for k, v in run.items() if "seconds" not in k} for run in value]
-                  if key == "margin_search" else value) for key, value in config.items() if key not in drop}
-
-
 # --------------------------------------------------------------------------- naming
 
 
