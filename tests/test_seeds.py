@@ -238,3 +238,10 @@ def test_report_shows_seed_groups_as_mean_and_std(runner, tmp_path, features_fil
     assert (folder / "report.map-vs-bits.png").exists()
     for seed in (0, 1):  # every member's command is listed
         assert f"`h.seed{seed}.codes.h5` made by" in text
+
+
+def test_info_shows_the_folder_the_command_ran_in(runner, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert invoke(runner, "extract", "--dataset", "digits", "--limit-per-class", "3", "-o", "f.h5").exit_code == 0
+    assert json.loads(invoke(runner, "info", "f.h5", "--json").stdout)["cwd"] == str(tmp_path)
+    assert f"  cwd       {tmp_path}  (the command's relative paths start here)" in invoke(runner, "info", "f.h5").stdout
