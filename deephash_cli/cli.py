@@ -464,7 +464,7 @@ def _command_with(ctx: typer.Context, changes: dict[str, Any]) -> str:
 
 
 def _each_seed(ctx: typer.Context, seeds: list[int], outputs: dict[str, Optional[Path]], force: bool,
-               run: Callable[[int, dict[str, Optional[Path]]], Path]) -> None:
+               run: Callable[[int, dict[str, Optional[Path]]], Optional[Path]]) -> None:
     """``run(seed, outputs)`` once per seed, with that seed's outputs (``outputs``: {parameter name: path};
     ``seeds.plan`` names and checks them all before the first run). Each run's artifacts record the command
     with --seed S and those outputs, which remakes them alone; stdout gets each run's main output path."""
@@ -476,7 +476,9 @@ def _each_seed(ctx: typer.Context, seeds: list[int], outputs: dict[str, Optional
     for seed, planned in zip(seeds, runs):
         paths = {name: planned[options[name]] for name in outputs}
         with recorded_command(_command_with(ctx, {"seeds": None, "seed": seed, **paths})):
-            typer.echo(str(run(seed, paths)))
+            written = run(seed, paths)
+        if written is not None:  # None: a torchrun rank other than 0, which prints nothing
+            typer.echo(str(written))
 
 
 EPOCHS = typer.Option(20, help="Training epochs (an epoch: one random triplet per training item, or "
@@ -669,6 +671,7 @@ def encode(
 
 @command("finetune")
 def finetune(
+    ctx: typer.Context,
     objective: str = typer.Option("triplet", help="triplet: an embedding with --loss/--margin (as train-triplet); "
                                   "hash: binary codes with --method/--bits (as train-hash)."),
     output: Optional[Path] = typer.Option(None, "-o", "--output", help="Output model artifact (backbone + head, "
@@ -693,6 +696,9 @@ def finetune(
     limit_per_class: Optional[int] = typer.Option(None, help="Keep only the first N items of each class per split "
                                                   "(quick subsets)."),
     test_fraction: float = typer.Option(0.2, help="Test share when the dataset has no test split (as extract)."),
+    split_seed: int = typer.Option(0, help="Seed of that test split (extract's --seed: keep them equal, so that "
+                                   "extract --model tests on images the model never trained on). Independent of "
+                                   "--seed and --seeds."),
     head: str = typer.Option("linear", help="Head on the backbone's features: linear or mlp (BatchNorm in the "
                              "mlp trains with batch statistics)."),
     dim: int = typer.Option(128, help="Embedding dimension (--objective triplet)."),
@@ -731,6 +737,7 @@ def finetune(
     amp: bool = typer.Option(True, "--amp/--no-amp", help="Mixed precision on CUDA (float16 autocast + "
                              "GradScaler); always off on CPU."),
     seed: int = SEED,
+    seeds: Optional[str] = SEEDS,
     device: str = DEVICE,
     workers: int = typer.Option(0, help="DataLoader workers for the validation and standardisation passes "
                                 "(training batches are decoded in the main process)."),
@@ -747,6 +754,7 @@ def finetune(
     from deephash_cli.ui import stderr_console
 
     _pixel_limit(max_image_pixels)
+    seed_list = _seed_list(ctx, seeds)
     options = _train_options(epochs, batch_size, lr, optimizer, weight_decay, seed, early_stopping, miner,
                              classes_per_batch, samples_per_class, lr_milestones=lr_milestones, lr_gamma=lr_gamma)
     hash_options = HashOptions(alpha=alpha, lam=lam, lam_warmup=lam_warmup, alpha_ramp=alpha_ramp,
@@ -754,18 +762,30 @@ def finetune(
     options.check()
     hash_options.check()
     out = output or _default_output(f"{dataset}-{backbone}.finetune-{objective}.model.h5")
-    summary = run_finetune(out, objective=objective, dataset=dataset, data_dir=data_dir, backbone=backbone,
-                           weights=weights, image_size=image_size, mean=mean, std=std,
-                           limit_per_class=limit_per_class, test_fraction=test_fraction, head=head, dim=dim,
-                           hidden=hidden, loss=loss, margin=margin, bits=bits, method=method,
-                           hash_options=hash_options, val_fraction=val_fraction, options=options,
-                           lr_backbone=lr_backbone, freeze_bn=freeze_bn, amp=amp, device=device, workers=workers,
-                           eval_batch_size=eval_batch_size, resume=resume, force=force, init=init)
-    if summary["world_size"] > 1 and summary.get("rank", 0) != 0:
+
+    def train(path: Path, run_seed: int) -> Optional[Path]:
+        summary = run_finetune(path, objective=objective, dataset=dataset, data_dir=data_dir, backbone=backbone,
+                               weights=weights, image_size=image_size, mean=mean, std=std,
+                               limit_per_class=limit_per_class, test_fraction=test_fraction, split_seed=split_seed,
+                               head=head, dim=dim, hidden=hidden, loss=loss, margin=margin, bits=bits,
+                               method=method, hash_options=hash_options, val_fraction=val_fraction,
+                               options=dataclasses.replace(options, seed=run_seed), lr_backbone=lr_backbone,
+                               freeze_bn=freeze_bn, amp=amp, device=device, workers=workers,
+                               eval_batch_size=eval_batch_size, resume=resume, force=force, init=init)
+        if summary["world_size"] > 1 and summary.get("rank", 0) != 0:
+            return None
+        prefix = f"seed {run_seed}: " if seed_list is not None else ""
+        stderr_console().print(f"{prefix}best val mAP {summary['best_val_map']:.4f} at epoch {summary['best_epoch']} "
+                               f"({summary['epochs_done']} epochs, {summary['seconds_per_epoch'] or 0:.1f} s/epoch)")
+        return path
+
+    if seed_list is not None:
+        # --resume continues each seed's checkpoint where there is one (and starts the others afresh).
+        _each_seed(ctx, seed_list, {"output": out}, force or resume,
+                   lambda run_seed, paths: train(paths["output"], run_seed))
         return
-    stderr_console().print(f"best val mAP {summary['best_val_map']:.4f} at epoch {summary['best_epoch']} "
-                           f"({summary['epochs_done']} epochs, {summary['seconds_per_epoch'] or 0:.1f} s/epoch)")
-    typer.echo(str(out))
+    if train(out, seed) is not None:
+        typer.echo(str(out))
 
 
 # --------------------------------------------------------------------------- index / search

@@ -2,11 +2,11 @@
 
 Two artifacts are runs of one experiment when their configs are equal once these are removed:
 
-- the seed of the run that made the artifact: ``seed`` of a training stage's config, at every depth
-  of it except the configs of its inputs (``source``, ``input``: a different upstream seed is a
-  different input); for ``encode`` and ``extract --model`` the seed of the model's training
-  (``model_config``). The evaluation's own settings, the pooled protocol's query seed included,
-  stay part of the key;
+- the seed of the run that made the artifact: ``seed`` of a training stage's config (and its copy in
+  finetune's ``fingerprint``); for ``encode`` and ``extract --model`` the seed of the model's
+  training (``model_config``). Other seeds stay part of the key: those of the inputs' configs
+  (``source``: a different upstream seed is a different input), test split seeds (``split_seed``,
+  finetune's ``split``) and the evaluation's own settings (the pooled protocol's query seed);
 - provenance that names the run's own files: ``model`` and ``model_sha256`` (each seed has its own
   model file);
 - outcomes of the run, which differ from seed to seed by nature: validation scores, chosen margin
@@ -26,7 +26,6 @@ from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 TRAINING_STAGES = ("train-triplet", "train-hash", "finetune")
-UPSTREAM = ("source", "input")  # configs of the inputs: their seeds are part of the experiment
 PROVENANCE = ("model", "model_sha256")
 OUTCOMES = ("best_val_map", "best_epoch", "seconds_per_epoch", "margin_search", "chosen_margin", "epochs_done",
             "stopped_early", "resumed_from")
@@ -60,14 +59,12 @@ def seed_of(config: Mapping[str, Any]) -> int | None:
     return seed_of(model_config) if isinstance(model_config, Mapping) else None
 
 
-def _without_seed(value: Any) -> Any:
-    """``value`` with every ``seed`` key removed at any depth, except inside input configs."""
-    if isinstance(value, Mapping):
-        return {key: item if key in UPSTREAM else _without_seed(item) for key, item in value.items()
-                if key != "seed"}
-    if isinstance(value, list):
-        return [_without_seed(item) for item in value]
-    return value
+def _without_seed(config: Mapping[str, Any]) -> dict[str, Any]:
+    """A training config without its ``seed`` (and finetune's copy of it in ``fingerprint``)."""
+    kept = {key: value for key, value in config.items() if key != "seed"}
+    if isinstance(kept.get("fingerprint"), Mapping):
+        kept["fingerprint"] = {key: value for key, value in kept["fingerprint"].items() if key != "seed"}
+    return kept
 
 
 def experiment(config: Mapping[str, Any]) -> dict[str, Any]:

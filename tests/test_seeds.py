@@ -182,9 +182,9 @@ def test_the_experiment_leaves_out_the_seed_the_runs_own_files_and_outcomes_but_
     assert experiment(encode) == experiment({**encode, "model": "h.seed2.model.h5", "model_sha256": "y",
                                              "model_config": other_seed})
     finetune = {"stage": "finetune", "seed": 1, "fingerprint": {"seed": 1, "lr": 0.1},
-                "split": {"test_split": "stratified", "seed": 1}}
-    assert experiment(finetune) == experiment({**finetune, "seed": 2, "fingerprint": {"seed": 2, "lr": 0.1},
-                                               "split": {"test_split": "stratified", "seed": 2}})
+                "split": {"test_split": "stratified", "seed": 0}}
+    assert experiment(finetune) == experiment({**finetune, "seed": 2, "fingerprint": {"seed": 2, "lr": 0.1}})
+    assert experiment(finetune) != experiment({**finetune, "split": {"test_split": "stratified", "seed": 3}})
     assert seed_of(hash_config) == 1 and seed_of(encode) == 1 and seed_of({"stage": "extract", "seed": 0}) is None
 
 
