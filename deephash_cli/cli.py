@@ -938,8 +938,10 @@ def report(
     recursive: bool = typer.Option(False, "--recursive", help="Also scan subfolders."),
     force: bool = typer.Option(False, help="Overwrite an existing report and figures."),
 ) -> None:
-    """One markdown table of every artifact in a folder with its recorded evaluations (mAP, kNN, P@100), cost
-    and producing command, plus mAP-vs-bits, miner-convergence and t-SNE figures. Nothing is recomputed."""
+    """One markdown table of every artifact in a folder with its recorded evaluations (mAP, kNN, P@100), cost,
+    thread count and producing command, plus mAP-vs-bits, miner-convergence and t-SNE figures. Artifacts that
+    differ only in their seed share a row: mean ± sample std and n (error bars in the figures). Nothing is
+    recomputed."""
     from deephash_cli.report import build_report
 
     result = build_report(folder, output or folder / "report.md", recursive=recursive, force=force)

@@ -256,12 +256,15 @@ def run_finetune(output: Path, *, objective: str, dataset: str, data_dir: str | 
                  head: str, dim: int, hidden: int, loss: str, margin: str, bits: int, method: str,
                  hash_options: Any, val_fraction: float, options: TrainOptions, lr_backbone: float,
                  freeze_bn: bool, amp: bool, device: str, workers: int, eval_batch_size: int, resume: bool,
-                 force: bool, init: Path | None = None, split_seed: int = 0) -> dict[str, Any]:
+                 force: bool, split_seed: int, init: Path | None = None) -> dict[str, Any]:
     """Fine-tune ``backbone`` + a head on ``dataset``'s images; write (and checkpoint every epoch) a model artifact.
 
     ``init``: start from a fine-tuned model artifact instead of ``weights``: its backbone and preprocessing
     always, its head too when the new head has the same architecture (same objective and shape), e.g. to
     continue a run with lower learning rates; otherwise a new head, e.g. hash codes on a fine-tuned embedding.
+
+    ``split_seed``: the seed of the test split of a dataset without one (``extract --seed``), independent of
+    the training seed ``options.seed``.
 
     Returns a summary (best validation mAP and epoch, epochs done, seconds per epoch, resumed from).
     """

@@ -245,3 +245,24 @@ def test_info_shows_the_folder_the_command_ran_in(runner, tmp_path, monkeypatch)
     assert invoke(runner, "extract", "--dataset", "digits", "--limit-per-class", "3", "-o", "f.h5").exit_code == 0
     assert json.loads(invoke(runner, "info", "f.h5", "--json").stdout)["cwd"] == str(tmp_path)
     assert f"  cwd       {tmp_path}  (the command's relative paths start here)" in invoke(runner, "info", "f.h5").stdout
+
+
+@pytest.mark.parametrize("name, argv", [
+    ("finetune", ["--no-freeze-bn", "--amp", "--resume", "--seeds", "0,1", "-o", "a b.model.h5", "--margin", "0.3",
+                  "--init", "x.h5", "--lr-milestones", "2,4"]),
+    ("train-triplet", ["f.h5", "--seeds=0,1", "-o", "e.h5", "--save-model", "e.model.h5", "--force", "--lr", "1e-05"]),
+])
+def test_the_single_seed_command_parses_back_to_the_same_options(name, argv):
+    from pathlib import Path
+
+    import typer.main
+
+    from deephash_cli.cli import _command_with, app
+
+    command = typer.main.get_command(app).commands[name]
+    original = command.make_context(name, list(argv))
+    changes = {"seeds": None, "seed": 1, "output": Path("out dir/o.seed1.h5")}
+    words = shlex.split(_command_with(original, changes))
+    assert words[:2] == ["deephash", name] and "--seeds" not in " ".join(words)
+    again = command.make_context(name, words[2:])
+    assert again.params == {**original.params, "seeds": None, "seed": 1, "output": Path("out dir/o.seed1.h5")}
