@@ -296,12 +296,15 @@ def run_finetune(output: Path, *, objective: str, dataset: str, data_dir: str | 
                  head: str, dim: int, hidden: int, loss: str, margin: str, bits: int, method: str,
                  hash_options: Any, val_fraction: float, options: TrainOptions, lr_backbone: float,
                  freeze_bn: bool, amp: bool, device: str, workers: int, eval_batch_size: int, resume: bool,
-                 force: bool, init: Path | None = None) -> dict[str, Any]:
+                 force: bool, split_seed: int, init: Path | None = None) -> dict[str, Any]:
     """Fine-tune ``backbone`` + a head on ``dataset``'s images; write (and checkpoint every epoch) a model artifact.
 
     ``init``: start from a fine-tuned model artifact instead of ``weights``: its backbone and preprocessing
     always, its head too when the new head has the same architecture (same objective and shape), e.g. to
     continue a run with lower learning rates; otherwise a new head, e.g. hash codes on a fine-tuned embedding.
+
+    ``split_seed``: the seed of the test split of a dataset without one (``extract --seed``), independent of
+    the training seed ``options.seed``.
 
     Returns a summary (best validation mAP and epoch, epochs done, seconds per epoch, resumed from).
     """
@@ -340,7 +343,9 @@ def run_finetune(output: Path, *, objective: str, dataset: str, data_dir: str | 
                                 "the P×K batch (--classes-per-batch × --samples-per-class)")
     torch_device = resolve_device(device)
 
-    data = load_dataset(dataset, data_dir, test_fraction=test_fraction, seed=options.seed)
+    # The test split of a dataset without one is extract's (--split-seed = extract --seed), whatever the training
+    # seed: extract --model then tests on images this run never trained on.
+    data = load_dataset(dataset, data_dir, test_fraction=test_fraction, seed=split_seed)
     train_all = limit(data.train, limit_per_class)
     try:
         keep, held = stratified_split(train_all.labels, val_fraction, options.seed)
@@ -352,6 +357,9 @@ def run_finetune(output: Path, *, objective: str, dataset: str, data_dir: str | 
     fingerprint = json.loads(json.dumps({
         "objective": objective, "dataset": dataset, "data_dir": data_dir, "limit_per_class": limit_per_class,
         "test_fraction": test_fraction, "items": {"train": len(train_source), "val": len(val_source)},
+        # Checkpoints made when the test split followed --seed resume as before when the two agree.
+        **({"split_seed": split_seed} if data.split_info.get("test_split") == "stratified" and
+           split_seed != options.seed else {}),
         "backbone": backbone, "weights": weights,
         "weights_sha256": artifacts.sha256_file(weights) if weights not in ("default", "none") else None,
         # Only present with --init, so checkpoints written before the option existed still resume.

@@ -189,6 +189,7 @@ def describe(path: Path) -> dict[str, Any]:
     info: dict[str, Any] = {
         "file": shown, "kind": header["kind"], "format_version": header["format_version"],
         "created": header.get("created"), "generator": header.get("generator"), "command": header.get("command"),
+        "cwd": header.get("cwd"),
         "splits": summary["splits"], "class_names": summary["class_names"],
         "key_config": key_config(header, summary["splits"]), "history_epochs": len(summary["history"]),
         "sha256": artifacts.sha256_file(path), "config": config,
@@ -262,6 +263,7 @@ def render(info: Mapping[str, Any]) -> str:
     lines = [f"{info['file']}: {info['kind']} artifact (format_version {info['format_version']})",
              f"  created   {info['created']} by {info['generator']}",
              f"  command   {info['command']}",
+             *([f"  cwd       {info['cwd']}  (the command's relative paths start here)"] if info.get("cwd") else []),
              f"  sha256    {info['sha256']}"]
     versions = info.get("versions") or {}
     if isinstance(versions, Mapping) and versions.get("torch_threads"):

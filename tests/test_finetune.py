@@ -375,3 +375,35 @@ def test_prefetched_steps_equal_main_process_loading_and_name_a_broken_file(work
                       [(np.arange(len(source)), 0)])
     with pytest.raises(CorruptImageError, match="0.png: cannot decode image"):
         list(prefetched_batches(bad, workers=1))
+
+def test_seeds_runs_equal_single_seed_runs(runner, workspace, tmp_path):
+    from deephash_cli.artifacts import read_header
+    from tests.conftest import assert_bitwise_equal
+
+    result = invoke(runner, *args(workspace, "--epochs", "1", "--seeds", "0,1", "-o", str(tmp_path / "ft.model.h5")))
+    assert result.exit_code == 0, result.output
+    seeded = [tmp_path / "ft.seed0.model.h5", tmp_path / "ft.seed1.model.h5"]
+    assert result.stdout.splitlines() == [str(p) for p in seeded]
+    alone = tmp_path / "alone.model.h5"
+    assert invoke(runner, *args(workspace, "--epochs", "1", "--seed", "1", "-o", str(alone))).exit_code == 0
+    assert assert_bitwise_equal(seeded[1], alone) > 100  # backbone, head, optimizer state, RNG states
+    header = read_header(seeded[1])
+    assert header["config"]["seed"] == 1 and "--seed 1" in header["command"] and "--seeds" not in header["command"]
+    both = invoke(runner, *args(workspace, "--seed", "1", "--seeds", "0,1", "-o", str(tmp_path / "x.h5")))
+    assert both.exit_code == 2 and both.stderr.startswith("error: --seed and --seeds exclude each other")
+
+
+def test_the_test_split_of_a_dataset_without_one_does_not_follow_the_training_seed(runner, workspace, tmp_path):
+    import shutil
+
+    from deephash_cli.artifacts import read_header
+
+    data = tmp_path / "data"
+    shutil.copytree(workspace / "data" / "train", data / "train")  # no test/: a stratified split, as extract's
+    base = [*args(workspace, "--data-dir", str(data), "--epochs", "1", "--test-fraction", "0.25")]
+    assert invoke(runner, *base, "--seed", "3", "-o", str(tmp_path / "a.model.h5")).exit_code == 0
+    config = read_header(tmp_path / "a.model.h5")["config"]
+    assert config["split"]["seed"] == 0 and config["fingerprint"]["split_seed"] == 0  # extract's default split
+    assert invoke(runner, *base, "--seed", "3", "--split-seed", "3", "-o", str(tmp_path / "b.model.h5")).exit_code == 0
+    config = read_header(tmp_path / "b.model.h5")["config"]
+    assert config["split"]["seed"] == 3 and "split_seed" not in config["fingerprint"]  # old checkpoints resume
