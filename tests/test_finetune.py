@@ -376,6 +376,7 @@ def test_prefetched_steps_equal_main_process_loading_and_name_a_broken_file(work
     with pytest.raises(CorruptImageError, match="0.png: cannot decode image"):
         list(prefetched_batches(bad, workers=1))
 
+
 def test_seeds_runs_equal_single_seed_runs(runner, workspace, tmp_path):
     from deephash_cli.artifacts import read_header
     from tests.conftest import assert_bitwise_equal
