@@ -4,7 +4,7 @@ Layout (format_version 2; version 1 files, which lack ``paths``, are still read;
 documented in docs/format.md):
 
     /                       attrs: format="deephash", format_version, kind, created, generator,
-                                   command, config (JSON), versions (JSON),
+                                   command, cwd, config (JSON), versions (JSON),
                                    parent, parent_sha256 (when made from another artifact)
     /class_names            (c,) variable-length UTF-8 strings
     /<split>                one group per split: train, test, and val when a stage carves one
@@ -37,9 +37,10 @@ import re
 import shlex
 import sys
 import tempfile
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any, Callable, Iterable, Iterator, Mapping
 
 import h5py
 import numpy as np
@@ -185,13 +186,39 @@ def printable(text: str | os.PathLike[str]) -> str:
     return os.fsencode(os.fspath(text)).decode("utf-8", "backslashreplace")
 
 
+# The command that artifacts written now record instead of this process's command line (see recorded_command).
+_RECORDED_COMMAND: list[str] = []
+
+
 def command_line() -> str:
     """The command line of this process, shell-quoted, with the program name shortened (bytes that are not
-    UTF-8 shown as ``\\xNN``, so the line can always be stored)."""
+    UTF-8 shown as ``\\xNN``, so the line can always be stored); inside ``recorded_command``, that command."""
+    if _RECORDED_COMMAND:
+        return printable(_RECORDED_COMMAND[-1])
     argv = list(sys.argv)
     if argv:
         argv[0] = Path(argv[0]).name
     return printable(shlex.join(argv))
+
+
+@contextmanager
+def recorded_command(command: str) -> Iterator[None]:
+    """Artifacts written inside the block record ``command`` as the command that made them (``--seeds``: each
+    seed's outputs record the single-seed command that remakes exactly them)."""
+    _RECORDED_COMMAND.append(command)
+    try:
+        yield
+    finally:
+        _RECORDED_COMMAND.pop()
+
+
+def working_directory() -> str:
+    """The working directory the recorded command ran in (its relative paths are relative to it); '' when the
+    directory no longer exists."""
+    try:
+        return printable(os.getcwd())
+    except OSError:
+        return ""
 
 
 # --------------------------------------------------------------------------- writing
@@ -436,6 +463,7 @@ class ArtifactWriter:
         force: bool = False,
         command: str | None = None,
         parent_sha256: str | None = None,
+        versions: Mapping[str, Any] | None = None,
     ) -> None:
         if kind not in KINDS:
             raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
@@ -447,6 +475,8 @@ class ArtifactWriter:
         self.parent_sha256 = parent_sha256  # None: hashed on entering (stages hash it before their work)
         self.force = force
         self.command = command if command is not None else command_line()
+        # None: this process's libraries; merge passes the versions its shards were made with.
+        self.versions = dict(versions) if versions is not None else None
         self._tmp_path: Path | None = None
         self._guard: _GuardedFile | None = None
         self.file: h5py.File | None = None
@@ -474,8 +504,10 @@ class ArtifactWriter:
             attrs["created"] = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
             attrs["generator"] = f"deephash {__version__}"
             attrs["command"] = printable(self.command)
+            attrs["cwd"] = working_directory()  # rerun: cd there, OMP_NUM_THREADS=<torch_threads>, the command
             attrs["config"] = json.dumps(self.config, sort_keys=True, default=str)
-            attrs["versions"] = json.dumps(library_versions(), sort_keys=True)
+            attrs["versions"] = json.dumps(self.versions if self.versions is not None else library_versions(),
+                                           sort_keys=True)
             if self.parent is not None:
                 attrs["parent"] = printable(parent_reference(self.parent, self.path))
                 attrs["parent_sha256"] = parent_hash

@@ -6,6 +6,7 @@ stdout carries only the output path (or JSON with --json); everything human goes
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import inspect
 import json
@@ -15,7 +16,7 @@ import sys
 import threading
 import traceback
 from pathlib import Path
-from typing import Callable, List, Optional
+from typing import Any, Callable, List, Optional
 
 import typer
 
@@ -212,6 +213,28 @@ STREAM_HELP = " '-' reads it from stdin (e.g. piped from another command's -o -)
 OUT_STREAM_HELP = " '-' streams it to stdout."
 
 
+def _comma_list(text: str, option: str, convert: Callable[[str], Any], item: str) -> list[Any]:
+    """A comma-separated option value as a list: '0,1,2' -> [convert('0'), convert('1'), convert('2')].
+
+    The parser for list options of the kind of --seeds: an empty item ('0,,1', a stray comma), an item that
+    ``convert`` refuses (ValueError) and a repeated item are each a one-line DeephashError naming ``option``
+    and what each ``item`` must be (e.g. 'an integer ≥ 0').
+    """
+    parts = [part.strip() for part in text.split(",")]
+    if any(not part for part in parts):
+        raise DeephashError(f"{option} '{text}': an empty item; expected comma-separated values, each {item}")
+    values: list[Any] = []
+    for part in parts:
+        try:
+            value = convert(part)
+        except ValueError:
+            raise DeephashError(f"{option} '{text}': '{part}' is not {item}") from None
+        if value in values:
+            raise DeephashError(f"{option} '{text}': {part} is given twice")
+        values.append(value)
+    return values
+
+
 METRIC_NAMES = "map, map@K, precision@K, knn, recall@K, map@r, nmi"
 
 
@@ -315,27 +338,61 @@ def extract(
                                       "the artifact) instead of failing with the file's path."),
     output: Optional[Path] = typer.Option(None, "-o", "--output", help="Output features artifact. Default: "
                                           "artifacts/<dataset>-<backbone>.h5 (with --model: "
-                                          "artifacts/<model>.<dataset>.h5)." + OUT_STREAM_HELP),
+                                          "artifacts/<model>.<dataset>.h5). A shard goes to OUT with "
+                                          ".shard-0000K-of-0000N inserted before .h5." + OUT_STREAM_HELP),
     model: Optional[Path] = typer.Option(None, "--model", help="A `deephash finetune` model artifact: its backbone "
                                          "+ head, image size and mean/std replace --backbone/--weights/--image-size/"
                                          "--mean/--std; writes embeddings (hash models: packed binary codes)."),
+    shard: Optional[str] = typer.Option(None, "--shard", metavar="K/N", help="Extract only shard K of N "
+                                        "(0 ≤ K < N, numbered from 0 like Slurm array task ids): a contiguous run "
+                                        "of whole batches of every split; `deephash merge` joins the N shards. "
+                                        "Under torchrun (WORLD_SIZE > 1) each process takes shard "
+                                        "RANK/WORLD_SIZE by itself. See docs/scale.md."),
     max_image_pixels: int = MAX_PIXELS,
     force: bool = typer.Option(False, help="Overwrite an existing output."),
 ) -> None:
     """Extract features of every split with a pretrained CNN (layer before the classifier) into HDF5."""
-    from deephash_cli import stages
+    from deephash_cli import shards, stages
 
     _pixel_limit(max_image_pixels)
+    chosen = shards.choose(shard)
     with _streams() as io:
         out = io.output(output, lambda: _default_output(
             f"{io.name(model).removesuffix('.h5').removesuffix('.model')}.{dataset}.h5" if model is not None
             else f"{dataset}-{backbone}.h5"))
+        if chosen is not None and not io.is_streamed(out):
+            out = shards.output_path(out, chosen)
         path = stages.run_extract(
             out, dataset=dataset, data_dir=data_dir, backbone=backbone, weights=weights, image_size=image_size,
             mean=mean, std=std, batch_size=batch_size, device=device, workers=workers,
             limit_per_class=limit_per_class, test_fraction=test_fraction, seed=seed, skip_corrupt=skip_corrupt,
-            force=force, model_path=model, split=split)
+            force=force, model_path=model, shard=chosen, split=split)
         _emit(io, path)
+
+
+# --------------------------------------------------------------------------- merge
+
+
+@command("merge")
+def merge(
+    shard_files: List[Path] = typer.Argument(..., metavar="SHARD", help="The N shards of one sharded "
+                                             "extraction (extract --shard K/N, or extract under torchrun), in any "
+                                             "order."),
+    output: Path = typer.Option(..., "-o", "--output", help="The merged artifact." + OUT_STREAM_HELP),
+    force: bool = typer.Option(False, help="Overwrite an existing output."),
+) -> None:
+    """Join the shards of a sharded extract into the artifact one process would have written: the same
+    features, labels and paths bit for bit, rows in dataset order, the same config. Refuses an incomplete set,
+    a shard given twice, shards of another N and shards made with other settings (see docs/scale.md)."""
+    from deephash_cli.stages import run_merge
+    from deephash_cli.ui import stderr_console
+
+    with _streams() as io:
+        out = io.output(output, lambda: output)
+        summary = run_merge(list(shard_files), out, force=force)
+        rows = ", ".join(f"{name} {n}" for name, n in summary["rows"].items())
+        stderr_console().print(f"merged {summary['shards']} shards: {rows} rows")
+        _emit(io, out)
 
 
 # --------------------------------------------------------------------------- evaluate
@@ -456,6 +513,77 @@ def _train_options(epochs: int, batch_size: int, lr: float, optimizer: str, weig
                         margin=miner_margin, lr_milestones=milestones, lr_gamma=lr_gamma)
 
 
+def _given(ctx: typer.Context, name: str) -> bool:
+    """Whether parameter ``name`` was given (on the command line or by an environment variable), not defaulted."""
+    source = ctx.get_parameter_source(name)
+    return source is not None and source.name in ("COMMANDLINE", "ENVIRONMENT")
+
+
+def _natural(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise ValueError(text)
+    return value
+
+
+def _seed_list(ctx: typer.Context, seeds: Optional[str]) -> Optional[list[int]]:
+    """The seeds of --seeds (None without it); --seed and --seeds together are an error."""
+    if seeds is None:
+        return None
+    if _given(ctx, "seed"):
+        raise DeephashError("--seed and --seeds exclude each other; give --seed S for one run or --seeds S,S,... "
+                            "for one run per seed")
+    return _comma_list(seeds, "--seeds", _natural, "an integer seed ≥ 0 (e.g. --seeds 0,1,2)")
+
+
+def _command_with(ctx: typer.Context, changes: dict[str, Any]) -> str:
+    """This command as a shell line with ``changes`` ({parameter name: value}, None leaves it out): `deephash
+    <command>` with every parameter given on the command line, in the command's order. --seeds records it."""
+    import shlex
+
+    words = ["deephash", str(ctx.info_name)]
+    for param in ctx.command.params:
+        name = str(param.name)
+        if name in changes:
+            value = changes[name]
+        elif _given(ctx, name):
+            value = ctx.params.get(name)
+        else:
+            continue
+        if value is None:
+            continue
+        values = list(value) if isinstance(value, (list, tuple)) else [value]
+        if param.param_type_name == "argument":
+            words += [os.fspath(v) if isinstance(v, os.PathLike) else str(v) for v in values]
+            continue
+        option = max(param.opts, key=len)
+        if getattr(param, "is_flag", False):
+            negative = getattr(param, "secondary_opts", None)
+            words += [option] if value else [max(negative, key=len)] if negative else []
+            continue
+        for item in values:
+            words += [option, os.fspath(item) if isinstance(item, os.PathLike) else str(item)]
+    return shlex.join(words)
+
+
+def _each_seed(ctx: typer.Context, seeds: list[int], outputs: dict[str, Optional[Path]], force: bool,
+               run: Callable[[int, dict[str, Optional[Path]]], Optional[Path]]) -> None:
+    """``run(seed, outputs)`` once per seed, with that seed's outputs (``outputs``: {parameter name: path};
+    ``seeds.plan`` names and checks them all before the first run). Each run's artifacts record the command
+    with --seed S and those outputs, which remakes them alone; stdout gets each run's main output path."""
+    from deephash_cli.artifacts import recorded_command
+    from deephash_cli.seeds import plan
+
+    options = {name: "--" + name.replace("_", "-") for name in outputs}
+    runs = plan({options[name]: path for name, path in outputs.items()}, seeds, force)
+    for seed, planned in zip(seeds, runs):
+        paths = {name: planned[options[name]] for name in outputs}
+        with recorded_command(_command_with(ctx, {"seeds": None, "seed": seed, **paths})):
+            written = run(seed, paths)
+        if written is not None:  # None: a torchrun rank other than 0, which prints nothing
+            typer.echo(str(written))
+
+
 EPOCHS = typer.Option(20, help="Training epochs (an epoch: one random triplet per training item, or "
                       "n/(P·K) mined batches).")
 BATCH = typer.Option(256, help="Triplets per step with --miner random (mined batches are P×K items).")
@@ -466,6 +594,10 @@ LR_GAMMA = typer.Option(0.1, help="Learning-rate factor applied at each --lr-mil
 OPTIMIZER = typer.Option("adam", help="adam or sgd (Nesterov momentum 0.9).")
 WEIGHT_DECAY = typer.Option(0.0, help="L2 weight decay, ≥ 0.")
 SEED = typer.Option(0, help="Seed of initialisation, validation split, triplets and batches.")
+SEEDS = typer.Option(None, "--seeds", metavar="S,S,...", help="Run once per seed, e.g. 0,1,2, instead of "
+                     "--seed: each run equals this command with --seed S and writes its outputs with .seed<S> "
+                     "before the extension (-o hash.model.h5 -> hash.seed0.model.h5, ...); `deephash report` "
+                     "shows the runs as mean ± std.")
 EARLY = typer.Option(None, help="Stop after N epochs without validation-mAP improvement (default: never).")
 MINER = typer.Option("random", help="Triplet source: random (fresh seeded triplets over the whole train split "
                      "each epoch) or a miner over P×K batches: all, hardest, semihard, random-hard, "
@@ -478,6 +610,7 @@ DEVICE = typer.Option("auto", help="auto (CUDA when present), cpu or cuda.")
 
 @command("train-triplet")
 def train_triplet(
+    ctx: typer.Context,
     features: Path = typer.Argument(..., help="A features (or embeddings) artifact." + STREAM_HELP),
     output: Optional[Path] = typer.Option(None, "-o", "--output", help="Output embeddings artifact (all splits). "
                                           "Default: artifacts/<input>.triplet-<loss>.h5." + OUT_STREAM_HELP),
@@ -512,34 +645,48 @@ def train_triplet(
     weight_decay: float = WEIGHT_DECAY,
     early_stopping: Optional[int] = EARLY,
     seed: int = SEED,
+    seeds: Optional[str] = SEEDS,
     device: str = DEVICE,
     force: bool = typer.Option(False, help="Overwrite existing outputs."),
 ) -> None:
     """Learn an embedding on features with a triplet loss; margin chosen on a validation split."""
     from deephash_cli.backbones import resolve_device
     from deephash_cli.train_stages import run_train_triplet
+    from deephash_cli.ui import stderr_console
 
+    seed_list = _seed_list(ctx, seeds)
     options = _train_options(epochs, batch_size, lr, optimizer, weight_decay, seed, early_stopping, miner,
                              classes_per_batch, samples_per_class, lr_milestones=lr_milestones, lr_gamma=lr_gamma)
     loss_options = _loss_options(beta, beta_init, beta_lr, npair_reg)
+
+    def train(source: Path, out: Path, model_out: Optional[Path], run_seed: int) -> Path:
+        summary = run_train_triplet(source, out, save_model_path=model_out, head=head, dim=dim, hidden=hidden,
+                                    loss=loss, margins=margin, val_fraction=val_fraction,
+                                    options=dataclasses.replace(options, seed=run_seed),
+                                    device=resolve_device(device), force=force, loss_options=loss_options)
+        prefix = f"seed {run_seed}: " if seed_list is not None else ""
+        for run in summary["margin_search"]:
+            stderr_console().print(f"{prefix}margin {run['margin']}: best val mAP {run['val_map']:.4f} at epoch "
+                                   f"{run['best_epoch']} ({run['seconds_per_epoch']:.2f} s/epoch)")
+        stderr_console().print(f"{prefix}chosen margin: {summary['chosen_margin']} (val mAP "
+                               f"{summary['best_val_map']:.4f})")
+        return out
+
     with _streams() as io:
         source = io.input(features)
+        if seed_list is not None:
+            _each_seed(ctx, seed_list, {"output": output or _default_output(
+                f"{io.stem(features)}.triplet-{loss}.h5"), "save_model": save_model}, force,
+                lambda run_seed, paths: train(source, paths["output"], paths["save_model"], run_seed))
+            return
         out = io.output(output, lambda: _default_output(f"{io.stem(features)}.triplet-{loss}.h5"))
         model_out = io.output(save_model, lambda: None)
-        summary = run_train_triplet(source, out, save_model_path=model_out, head=head, dim=dim, hidden=hidden,
-                                    loss=loss, margins=margin, val_fraction=val_fraction, options=options,
-                                    device=resolve_device(device), force=force, loss_options=loss_options)
-        from deephash_cli.ui import stderr_console
-
-        for run in summary["margin_search"]:
-            stderr_console().print(f"margin {run['margin']}: best val mAP {run['val_map']:.4f} at epoch "
-                                   f"{run['best_epoch']} ({run['seconds_per_epoch']:.2f} s/epoch)")
-        stderr_console().print(f"chosen margin: {summary['chosen_margin']} (val mAP {summary['best_val_map']:.4f})")
-        _emit(io, out, model_out)
+        _emit(io, train(source, out, model_out, seed), model_out)
 
 
 @command("train-hash")
 def train_hash(
+    ctx: typer.Context,
     features: Path = typer.Argument(..., help="A features (or embeddings) artifact." + STREAM_HELP),
     output: Optional[Path] = typer.Option(None, "-o", "--output", help="Output model artifact. Default: "
                                           "artifacts/<input>.hash-<method>-<bits>.model.h5." + OUT_STREAM_HELP),
@@ -568,6 +715,7 @@ def train_hash(
     weight_decay: float = WEIGHT_DECAY,
     early_stopping: Optional[int] = EARLY,
     seed: int = SEED,
+    seeds: Optional[str] = SEEDS,
     device: str = DEVICE,
     force: bool = typer.Option(False, help="Overwrite an existing output."),
 ) -> None:
@@ -577,19 +725,30 @@ def train_hash(
     from deephash_cli.train_stages import run_train_hash
     from deephash_cli.ui import stderr_console
 
+    seed_list = _seed_list(ctx, seeds)
     options = _train_options(epochs, batch_size, lr, optimizer, weight_decay, seed, early_stopping, miner,
                              classes_per_batch, samples_per_class, lr_milestones=lr_milestones, lr_gamma=lr_gamma)
     hash_options = HashOptions(alpha=alpha, lam=lam, lam_warmup=lam_warmup, alpha_ramp=alpha_ramp,
                                margin=ranking_margin)
+
+    def train(source: Path, out: Path, run_seed: int) -> Path:
+        summary = run_train_hash(source, out, bits=bits, method=method, hash_options=hash_options, head=head,
+                                 hidden=hidden, val_fraction=val_fraction,
+                                 options=dataclasses.replace(options, seed=run_seed),
+                                 device=resolve_device(device), force=force)
+        prefix = f"seed {run_seed}: " if seed_list is not None else ""
+        stderr_console().print(f"{prefix}best val mAP {summary['best_val_map']:.4f} at epoch "
+                               f"{summary['best_epoch']} ({summary['seconds_per_epoch']:.2f} s/epoch)")
+        return out
+
     with _streams() as io:
         source = io.input(features)
-        out = io.output(output, lambda: _default_output(f"{io.stem(features)}.hash-{method}-{bits}.model.h5"))
-        summary = run_train_hash(source, out, bits=bits, method=method, hash_options=hash_options, head=head,
-                                 hidden=hidden, val_fraction=val_fraction, options=options,
-                                 device=resolve_device(device), force=force)
-        stderr_console().print(f"best val mAP {summary['best_val_map']:.4f} at epoch {summary['best_epoch']} "
-                               f"({summary['seconds_per_epoch']:.2f} s/epoch)")
-        _emit(io, out)
+        default = f"{io.stem(features)}.hash-{method}-{bits}.model.h5"
+        if seed_list is not None:
+            _each_seed(ctx, seed_list, {"output": output or _default_output(default)}, force,
+                       lambda run_seed, paths: train(source, paths["output"], run_seed))
+            return
+        _emit(io, train(source, io.output(output, lambda: _default_output(default)), seed))
 
 
 @command("encode")
@@ -624,6 +783,7 @@ def encode(
 
 @command("finetune")
 def finetune(
+    ctx: typer.Context,
     objective: str = typer.Option("triplet", help="triplet: an embedding with --loss/--margin (as train-triplet); "
                                   "hash: binary codes with --method/--bits (as train-hash)."),
     output: Optional[Path] = typer.Option(None, "-o", "--output", help="Output model artifact (backbone + head, "
@@ -648,6 +808,9 @@ def finetune(
     limit_per_class: Optional[int] = typer.Option(None, help="Keep only the first N items of each class per split "
                                                   "(quick subsets)."),
     test_fraction: float = typer.Option(0.2, help="Test share when the dataset has no test split (as extract)."),
+    split_seed: int = typer.Option(0, help="Seed of that test split (extract's --seed: keep them equal, so that "
+                                   "extract --model tests on images the model never trained on). Independent of "
+                                   "--seed and --seeds."),
     split: str = typer.Option("official", "--split", help="As extract's: official, or classes (class-disjoint: "
                               "training and validation see only the first half of the classes)."),
     head: str = typer.Option("linear", help="Head on the backbone's features: linear or mlp (BatchNorm in the "
@@ -693,9 +856,11 @@ def finetune(
     amp: bool = typer.Option(True, "--amp/--no-amp", help="Mixed precision on CUDA (float16 autocast + "
                              "GradScaler); always off on CPU."),
     seed: int = SEED,
+    seeds: Optional[str] = SEEDS,
     device: str = DEVICE,
-    workers: int = typer.Option(0, help="DataLoader workers for the validation and standardisation passes "
-                                "(training batches are decoded in the main process)."),
+    workers: int = typer.Option(0, min=0, help="DataLoader worker processes decoding images: training batches "
+                                "two steps ahead, and the validation and standardisation passes (0: in the main "
+                                "process). Results are the same for every value."),
     eval_batch_size: int = typer.Option(128, help="Images per forward pass when embedding without gradients."),
     max_image_pixels: int = MAX_PIXELS,
     resume: bool = typer.Option(False, "--resume", help="Continue the run checkpointed in --output from its last "
@@ -709,6 +874,7 @@ def finetune(
     from deephash_cli.ui import stderr_console
 
     _pixel_limit(max_image_pixels)
+    seed_list = _seed_list(ctx, seeds)
     options = _train_options(epochs, batch_size, lr, optimizer, weight_decay, seed, early_stopping, miner,
                              classes_per_batch, samples_per_class, lr_milestones=lr_milestones, lr_gamma=lr_gamma)
     hash_options = HashOptions(alpha=alpha, lam=lam, lam_warmup=lam_warmup, alpha_ramp=alpha_ramp,
@@ -716,19 +882,32 @@ def finetune(
     options.check()
     hash_options.check()
     out = output or _default_output(f"{dataset}-{backbone}.finetune-{objective}.model.h5")
-    summary = run_finetune(out, objective=objective, dataset=dataset, data_dir=data_dir, backbone=backbone,
-                           weights=weights, image_size=image_size, mean=mean, std=std,
-                           limit_per_class=limit_per_class, test_fraction=test_fraction, head=head, dim=dim,
-                           hidden=hidden, loss=loss, margin=margin, bits=bits, method=method,
-                           hash_options=hash_options, val_fraction=val_fraction, options=options,
-                           lr_backbone=lr_backbone, freeze_bn=freeze_bn, amp=amp, device=device, workers=workers,
-                           eval_batch_size=eval_batch_size, resume=resume, force=force, init=init,
-                           loss_options=_loss_options(beta, beta_init, beta_lr, npair_reg), split=split)
-    if summary["world_size"] > 1 and summary.get("rank", 0) != 0:
+    loss_options = _loss_options(beta, beta_init, beta_lr, npair_reg)
+
+    def train(path: Path, run_seed: int) -> Optional[Path]:
+        summary = run_finetune(path, objective=objective, dataset=dataset, data_dir=data_dir, backbone=backbone,
+                               weights=weights, image_size=image_size, mean=mean, std=std,
+                               limit_per_class=limit_per_class, test_fraction=test_fraction, split_seed=split_seed,
+                               head=head, dim=dim, hidden=hidden, loss=loss, margin=margin, bits=bits,
+                               method=method, hash_options=hash_options, val_fraction=val_fraction,
+                               options=dataclasses.replace(options, seed=run_seed), lr_backbone=lr_backbone,
+                               freeze_bn=freeze_bn, amp=amp, device=device, workers=workers,
+                               eval_batch_size=eval_batch_size, resume=resume, force=force, init=init,
+                               loss_options=loss_options, split=split)
+        if summary["world_size"] > 1 and summary.get("rank", 0) != 0:
+            return None
+        prefix = f"seed {run_seed}: " if seed_list is not None else ""
+        stderr_console().print(f"{prefix}best val mAP {summary['best_val_map']:.4f} at epoch {summary['best_epoch']} "
+                               f"({summary['epochs_done']} epochs, {summary['seconds_per_epoch'] or 0:.1f} s/epoch)")
+        return path
+
+    if seed_list is not None:
+        # --resume continues each seed's checkpoint where there is one (and starts the others afresh).
+        _each_seed(ctx, seed_list, {"output": out}, force or resume,
+                   lambda run_seed, paths: train(paths["output"], run_seed))
         return
-    stderr_console().print(f"best val mAP {summary['best_val_map']:.4f} at epoch {summary['best_epoch']} "
-                           f"({summary['epochs_done']} epochs, {summary['seconds_per_epoch'] or 0:.1f} s/epoch)")
-    typer.echo(str(out))
+    if train(out, seed) is not None:
+        typer.echo(str(out))
 
 
 # --------------------------------------------------------------------------- index / search
@@ -881,8 +1060,10 @@ def report(
     recursive: bool = typer.Option(False, "--recursive", help="Also scan subfolders."),
     force: bool = typer.Option(False, help="Overwrite an existing report and figures."),
 ) -> None:
-    """One markdown table of every artifact in a folder with its recorded evaluations (mAP, kNN, P@100), cost
-    and producing command, plus mAP-vs-bits, miner-convergence and t-SNE figures. Nothing is recomputed."""
+    """One markdown table of every artifact in a folder with its recorded evaluations (mAP, kNN, P@100), cost,
+    thread count and producing command, plus mAP-vs-bits, miner-convergence and t-SNE figures. Artifacts that
+    differ only in their seed share a row: mean ± sample std and n (error bars in the figures). Nothing is
+    recomputed."""
     from deephash_cli.report import build_report
 
     result = build_report(folder, output or folder / "report.md", recursive=recursive, force=force)

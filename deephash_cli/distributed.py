@@ -21,6 +21,9 @@ mode, CUDA runs convert it to SyncBatchNorm, while on CPU (Gloo) PyTorch has no 
 and each rank normalises with its shard's statistics (warned; results then differ slightly).
 Validation is sharded the same way and gathered, so model selection is identical on all ranks.
 Only rank 0 writes artifacts.
+
+``extract`` under torchrun needs no process group: it reads the layout with :func:`from_env` (each rank
+extracts shard RANK/WORLD_SIZE, see :mod:`deephash_cli.shards`) and its GPU with :func:`select_device`.
 """
 
 from __future__ import annotations
@@ -80,15 +83,22 @@ def check_batch(context: DistContext, batch: int, what: str) -> None:
                             f"of --nproc_per_node × --nnodes)")
 
 
+def select_device(context: DistContext, device: torch.device) -> torch.device:
+    """This process's device: under torchrun on CUDA, GPU ``LOCAL_RANK`` (modulo the GPUs present), made the
+    current CUDA device; otherwise ``device`` unchanged. Needs no process group (``extract`` uses it alone)."""
+    if context.enabled and device.type == "cuda":
+        device = torch.device("cuda", context.local_rank % max(torch.cuda.device_count(), 1))
+        torch.cuda.set_device(device)
+    return device
+
+
 def init(context: DistContext, device: torch.device) -> DistContext:
     """Join the process group (NCCL for CUDA, Gloo for CPU) and pick this rank's device."""
     if not context.enabled:
         return DistContext(1, 0, 0, device)
     import torch.distributed as dist
 
-    if device.type == "cuda":
-        device = torch.device("cuda", context.local_rank % max(torch.cuda.device_count(), 1))
-        torch.cuda.set_device(device)
+    device = select_device(context, device)
     if not dist.is_initialized():
         dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
     if dist.get_world_size() != context.world_size:

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -124,6 +124,46 @@ def load_train_batch(source: ImageSource, rows: Sequence[int], transform: Callab
             torch.manual_seed(seed)
             images.append(transform(image))
     return torch.stack(images)
+
+
+class EpochImages(torch.utils.data.Dataset):
+    """Item ``i``: the augmented images of step ``i + 1`` of ``epoch`` (this process's part of the batch).
+
+    Read by a DataLoader with workers, so JPEG decoding and augmentation run in other processes,
+    ahead of the step that needs them; the images are those :func:`load_train_batch` gives in the
+    main process (each item's crop depends only on its seed). A file that does not decode comes
+    back as ``(path, reason)`` and is raised in the main process (exceptions do not cross
+    processes intact).
+    """
+
+    def __init__(self, source: ImageSource, transform: Callable, seed: int, epoch: int,
+                 parts: Sequence[tuple[np.ndarray, int]]) -> None:
+        self.source, self.transform, self.seed, self.epoch, self.parts = source, transform, seed, epoch, parts
+
+    def __len__(self) -> int:
+        return len(self.parts)
+
+    def __getitem__(self, i: int) -> tuple[np.ndarray, torch.Tensor | None, tuple[str, str] | None]:
+        from deephash_cli.datasets import CorruptImageError
+
+        rows, start = self.parts[i]
+        seeds = [item_seed(self.seed, self.epoch, i + 1, start + j) for j in range(len(rows))]
+        try:
+            return rows, load_train_batch(self.source, rows, self.transform, seeds), None
+        except CorruptImageError as err:
+            return rows, None, (err.path, err.reason)
+
+
+def prefetched_batches(dataset: EpochImages, workers: int) -> Iterator[tuple[np.ndarray, torch.Tensor]]:
+    """``dataset``'s steps in order, decoded by ``workers`` processes two steps ahead each."""
+    from deephash_cli.datasets import CorruptImageError
+
+    loader = torch.utils.data.DataLoader(dataset, batch_size=None, shuffle=False, num_workers=workers,
+                                         prefetch_factor=2, persistent_workers=False)
+    for rows, images, failure in loader:
+        if failure is not None:
+            raise CorruptImageError(*failure)
+        yield rows, images
 
 
 def embed_source(module: nn.Module, source: ImageSource, transform: Callable, image_size: int, *,
@@ -266,7 +306,7 @@ def run_finetune(output: Path, *, objective: str, dataset: str, data_dir: str | 
                  head: str, dim: int, hidden: int, loss: str, margin: str, bits: int, method: str,
                  hash_options: Any, val_fraction: float, options: TrainOptions, lr_backbone: float,
                  freeze_bn: bool, amp: bool, device: str, workers: int, eval_batch_size: int, resume: bool,
-                 force: bool, init: Path | None = None, loss_options: Any = None,
+                 force: bool, split_seed: int, init: Path | None = None, loss_options: Any = None,
                  split: str = "official") -> dict[str, Any]:
     """Fine-tune ``backbone`` + a head on ``dataset``'s images; write (and checkpoint every epoch) a model artifact.
 
@@ -274,9 +314,10 @@ def run_finetune(output: Path, *, objective: str, dataset: str, data_dir: str | 
     always, its head too when the new head has the same architecture (same objective and shape), e.g. to
     continue a run with lower learning rates; otherwise a new head, e.g. hash codes on a fine-tuned embedding.
 
-    ``loss_options``: the margin loss's β settings and the N-pair loss's penalty (``embedding_losses.LossOptions``);
-    ``split``: the dataset's official split or the class-disjoint one (``classes``: training sees only the
-    first half of the classes).
+    ``split_seed``: the seed of the test split of a dataset without one (``extract --seed``), independent of
+    the training seed ``options.seed``. ``split``: the dataset's official split or the class-disjoint one
+    (``classes``: training sees only the first half of the classes). ``loss_options``: the margin loss's β
+    settings and the N-pair loss's penalty (``embedding_losses.LossOptions``).
 
     Returns a summary (best validation mAP and epoch, epochs done, seconds per epoch, resumed from).
     """
@@ -317,7 +358,9 @@ def run_finetune(output: Path, *, objective: str, dataset: str, data_dir: str | 
                                 "the P×K batch (--classes-per-batch × --samples-per-class)")
     torch_device = resolve_device(device)
 
-    data = load_dataset(dataset, data_dir, split=split, test_fraction=test_fraction, seed=options.seed)
+    # The test split of a dataset without one is extract's (--split-seed = extract --seed), whatever the training
+    # seed: extract --model then tests on images this run never trained on.
+    data = load_dataset(dataset, data_dir, split=split, test_fraction=test_fraction, seed=split_seed)
     loss_fn, head_output, out_dim, miner_margin, before_epoch, score, extra = _objective(
         objective, loss=loss, margin=margin, bits=bits, method=method, hash_options=hash_options,
         loss_options=loss_options, n_classes=len(data.class_names))
@@ -335,6 +378,9 @@ def run_finetune(output: Path, *, objective: str, dataset: str, data_dir: str | 
         # Only present for the class-disjoint split, so checkpoints written before the option existed still resume.
         **({"split": split} if split != "official" else {}),
         "test_fraction": test_fraction, "items": {"train": len(train_source), "val": len(val_source)},
+        # Checkpoints made when the test split followed --seed resume as before when the two agree.
+        **({"split_seed": split_seed} if data.split_info.get("test_split") == "stratified" and
+           split_seed != options.seed else {}),
         "backbone": backbone, "weights": weights,
         "weights_sha256": artifacts.sha256_file(weights) if weights not in ("default", "none") else None,
         # Only present with --init, so checkpoints written before the option existed still resume.
@@ -411,12 +457,29 @@ def _train(output: Path, *, context: distributed.DistContext, data: Any, train_s
     groups = [{"params": list(net.backbone.parameters()), "lr": lr_backbone},
               {"params": list(net.head.parameters()), "lr": options.lr}]
 
+    ahead: dict[str, Iterator[tuple[np.ndarray, torch.Tensor]]] = {}
+
+    def plan_epoch(epoch: int, planned: list[torch.Tensor]) -> None:
+        """With --workers > 0, start decoding this epoch's training images in worker processes."""
+        if workers > 0:
+            parts = []
+            for rows in planned:
+                part = distributed.shard(len(rows), context)
+                parts.append((rows.numpy()[part], part.start))
+            ahead["batches"] = prefetched_batches(EpochImages(train_source, train_transform, options.seed, epoch,
+                                                              parts), workers)
+
     def embed_rows(rows: torch.Tensor, epoch: int, step: int) -> torch.Tensor:
         """Embeddings (B, d) of training items ``rows``: this rank's shard computed, the rest gathered."""
         rows_np = rows.cpu().numpy()
         part = distributed.shard(len(rows_np), context)
-        seeds = [item_seed(options.seed, epoch, step, j) for j in range(part.start, part.stop)]
-        images = load_train_batch(train_source, rows_np[part], train_transform, seeds)
+        if "batches" in ahead:
+            planned_rows, images = next(ahead["batches"])
+            if not np.array_equal(planned_rows, rows_np[part]):
+                raise RuntimeError(f"prefetched images of step {step} are for other rows")  # a bug, not bad input
+        else:
+            seeds = [item_seed(options.seed, epoch, step, j) for j in range(part.start, part.stop)]
+            images = load_train_batch(train_source, rows_np[part], train_transform, seeds)
         local = forward(images.to(device, non_blocking=True))
         return distributed.gather_rows(local, len(rows_np), context)
 
@@ -446,7 +509,7 @@ def _train(output: Path, *, context: distributed.DistContext, data: Any, train_s
 
     run_options = TrainOptions(**{**options.__dict__, "margin": miner_margin})
     hooks = dict(embed_rows=embed_rows, parameters=groups, amp=amp, resume=checkpoint,
-                 on_checkpoint=save if context.is_main else None)
+                 on_checkpoint=save if context.is_main else None, plan_epoch=plan_epoch)
     train_y = torch.as_tensor(train_source.labels, device=device)
     if context.is_main:
         if checkpoint is not None:

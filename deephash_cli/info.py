@@ -100,6 +100,12 @@ def key_config(header: Mapping[str, Any], splits: Mapping[str, Mapping[str, Any]
             "chosen_margin": lineage_value(config, "chosen_margin"),
             "best_val_map": lineage_value(config, "best_val_map"), "best_epoch": lineage_value(config, "best_epoch"),
             "seconds": seconds_of(header)}
+    shard = config.get("shard")
+    if isinstance(shard, dict):  # extract --shard K/N (docs/scale.md)
+        keys["shard"] = f"{shard.get('index')}/{shard.get('count')}"
+    merged = _json(header.get("merged_from"))
+    if isinstance(merged, list):  # deephash merge
+        keys["merged_from"] = f"{len(merged)} shards"
     return {key: value for key, value in keys.items() if value is not None}
 
 
@@ -186,6 +192,7 @@ def describe(path: Path) -> dict[str, Any]:
     info: dict[str, Any] = {
         "file": shown, "kind": header["kind"], "format_version": header["format_version"],
         "created": header.get("created"), "generator": header.get("generator"), "command": header.get("command"),
+        "cwd": header.get("cwd"),
         "splits": summary["splits"], "class_names": summary["class_names"],
         "key_config": key_config(header, summary["splits"]), "history_epochs": len(summary["history"]),
         "sha256": artifacts.sha256_file(path), "config": config,
@@ -259,6 +266,7 @@ def render(info: Mapping[str, Any]) -> str:
     lines = [f"{info['file']}: {info['kind']} artifact (format_version {info['format_version']})",
              f"  created   {info['created']} by {info['generator']}",
              f"  command   {info['command']}",
+             *([f"  cwd       {info['cwd']}  (the command's relative paths start here)"] if info.get("cwd") else []),
              f"  sha256    {info['sha256']}"]
     versions = info.get("versions") or {}
     if isinstance(versions, Mapping) and versions.get("torch_threads"):

@@ -53,12 +53,18 @@ def scatter_by_class(points: np.ndarray, labels: np.ndarray, class_names: Sequen
     return figure
 
 
-def line_plot(series: Mapping[str, tuple[Sequence[float], Sequence[float]]], *, xlabel: str, ylabel: str,
-              title: str, logx: bool = False):
-    """One line per named series of (x, y). Returns the figure."""
+def line_plot(series: Mapping[str, Sequence[Sequence[float]]], *, xlabel: str, ylabel: str, title: str,
+              logx: bool = False):
+    """One line per named series of (x, y) or (x, y, yerr): ± yerr error bars where yerr is not NaN (e.g. the
+    standard deviation over seeds). Returns the figure."""
     figure, axes = plt.subplots(figsize=(7, 4.5))
-    for name, (x, y) in series.items():
-        axes.plot(x, y, marker="o", markersize=3, label=name)
+    for name, (x, y, *rest) in series.items():
+        errors = np.asarray(rest[0], dtype=float) if rest else None
+        if errors is not None and np.isfinite(errors).any():
+            axes.errorbar(x, y, yerr=np.nan_to_num(errors, nan=0.0), marker="o", markersize=3, capsize=3,
+                          errorevery=np.isfinite(errors), label=name)
+        else:
+            axes.plot(x, y, marker="o", markersize=3, label=name)
     if logx:
         axes.set_xscale("log")
     axes.set_xlabel(xlabel)

@@ -4,11 +4,18 @@ Nothing is recomputed: figures come from the artifacts' attributes (config, extr
 and from the ``.evals.json`` sidecars written by ``evaluate --record``. Next to the markdown file
 (``<stem>`` = its name without ``.md``) go, when there is something to draw:
 
-- ``<stem>.map-vs-bits.png``: best recorded mAP of codes artifacts against code length, one line per
+- ``<stem>.map-vs-bits.png``: recorded mAP of codes artifacts against code length, one line per
   hash method;
 - ``<stem>.miner-convergence.png``: validation mAP against cumulative training seconds from the
   history of embeddings artifacts trained with a miner, one line per miner;
 - ``<stem>.tsne-grid.png``: a montage of the folder's ``*tsne*.png`` files.
+
+Artifacts that differ only in their seed (``groups``: same config once the run's seed, its own
+files and its outcomes are left out; same kind and evaluation setting) are one row: mean ± sample
+standard deviation (ddof = 1) of every metric, n in the seed column; a group of one shows its plain
+values. The figures plot group means with ± std error bars. Nothing is chosen on test numbers: where
+several experiments fall on one point of the mAP-vs-bits figure, the one with the best mean
+validation mAP (recorded by its training) is drawn.
 
 Unreadable artifacts (whatever the error) and malformed entries of ``.evals.json`` sidecars are listed
 under "Skipped" with the reason and the rest is still summarised.
@@ -23,10 +30,12 @@ from typing import Any, Mapping, Sequence
 
 from deephash_cli import artifacts, records
 from deephash_cli.errors import DeephashError
+from deephash_cli.groups import Summary, group, group_key, seed_of, summarize
 from deephash_cli.info import bits_of, key_config, method_of, seconds_of
 
 PATTERNS = ("*.h5", "*.hdf5")
 DASH = "—"
+METRICS = ("map", "knn", "p100", "seconds")
 
 
 def find_artifacts(folder: Path, recursive: bool) -> list[Path]:
@@ -46,10 +55,6 @@ def plot_paths(output: Path) -> dict[str, Path]:
 
 def _escape(text: Any) -> str:
     return str(text).replace("|", "\\|").replace("\n", " ")
-
-
-def _number(value: Any, digits: int = 4) -> str:
-    return DASH if value is None else f"{float(value):.{digits}f}"
 
 
 def _reason(err: Exception, path: Path) -> str:
@@ -92,58 +97,127 @@ def collect(folder: Path, recursive: bool) -> tuple[list[dict[str, Any]], list[t
     return entries, skipped
 
 
+def validation_of(config: Mapping[str, Any]) -> float | None:
+    """The validation mAP that selected the model behind an artifact (its training's, else its model's)."""
+    if config.get("stage") in ("train-triplet", "train-hash", "finetune"):
+        value = config.get("best_val_map")
+        return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+    model_config = config.get("model_config")
+    return validation_of(model_config) if isinstance(model_config, Mapping) else None
+
+
 def table_rows(entries: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
-    """One row per (artifact, recorded evaluation); artifacts without records get one row without metrics."""
+    """One row per (artifact, recorded evaluation); artifacts without records get one row without metrics.
+
+    ``key`` is the row's seed group (``groups.group_key`` of its config, kind and evaluation setting)."""
     rows = []
     for entry in entries:
         header, splits = entry["summary"]["header"], entry["summary"]["splits"]
         config = header["config"]
         keys = key_config(header, splits)
         seconds = seconds_of(header)
+        threads = (header.get("versions") or {}).get("torch_threads")
         base = {"file": entry["name"], "kind": header["kind"], "dataset": keys.get("dataset"),
                 "backbone": keys.get("backbone"), "stage": config.get("stage"), "method": method_of(config),
-                "bits": bits_of(config, splits),
-                "seconds": None if seconds is None else f"{seconds['seconds']:.2f} s/{seconds['per']}"
-                if seconds["per"] == "epoch" else f"{seconds['seconds']:.2f} s extract",
+                "bits": bits_of(config, splits), "seed": seed_of(config), "val_map": validation_of(config),
+                "threads": None if threads is None else str(threads),
+                "seconds": None if seconds is None else float(seconds["seconds"]),
+                "seconds_unit": None if seconds is None else "s/epoch" if seconds["per"] == "epoch" else "s extract",
                 "command": header.get("command")}
         if not entry["evaluations"]:
             rows.append({**base, "map": None, "knn": None, "p100": None, "evaluation": None, "current": True,
-                         "eval_command": None})
+                         "eval_command": None, "key": group_key(config, header["kind"], None)})
         for record in entry["evaluations"]:
             setting = record["setting"]
             rows.append({**base, "map": record.get("map"), "knn": record.get("knn_accuracy"),
                          "p100": (record.get("precision_at") or {}).get("100"),
                          "evaluation": f"{setting.get('protocol')}/{setting.get('distance')}",
                          "selection": record.get("selection"), "current": record["current"],
-                         "eval_command": record.get("command")})
+                         "eval_command": record.get("command"),
+                         "key": group_key(config, header["kind"], setting, record["current"])})
     return rows
+
+
+def group_rows(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """Rows that differ only in their seed as one: the shared cells of the first member, ``members`` (by file),
+    ``n``, ``seeds`` and a ``groups.Summary`` (or None) per metric in ``METRICS`` and for ``val_map``."""
+    grouped = []
+    for members in group(rows, key=lambda row: row["key"], order=lambda row: (row["file"], row["evaluation"] or "")):
+        first = members[0]
+        summaries = {name: summarize([float(m[name]) for m in members if m[name] is not None])
+                     for name in (*METRICS, "val_map")}
+        grouped.append({**{key: first[key] for key in ("kind", "dataset", "backbone", "stage", "method", "bits",
+                                                        "evaluation", "current", "seconds_unit")},
+                        "members": list(members), "n": len(members), "seeds": [m["seed"] for m in members],
+                        "threads": sorted({m["threads"] for m in members if m["threads"] is not None}, key=int),
+                        **summaries})
+    return grouped
+
+
+def _statistic(summary: Summary | None, n: int, digits: int = 4, unit: str = "") -> str:
+    """'0.7168' for one value, '0.7168 ± 0.0032' for several (with '(n=k)' when fewer than the group's n)."""
+    if summary is None:
+        return DASH
+    text = f"{summary.mean:.{digits}f}"
+    if summary.std is not None:
+        text += f" ± {summary.std:.{digits}f}"
+    text += f" {unit}" if unit else ""
+    return text + (f" (n={summary.n})" if 1 < n != summary.n else "")
+
+
+def _seed_cell(row: Mapping[str, Any]) -> str:
+    seeds = row["seeds"]
+    if row["n"] == 1:
+        return DASH if seeds[0] is None else str(seeds[0])
+    shown = ", ".join(DASH if seed is None else str(seed) for seed in seeds)
+    repeated = len(set(seeds)) < len(seeds)
+    return f"n={row['n']}: {shown}" + (" ‡" if repeated else "")
 
 
 def markdown(folder: Path, rows: Sequence[Mapping[str, Any]], skipped: Sequence[tuple[str, str]],
              figures: Mapping[str, Path]) -> str:
-    """The report: results table, commands behind every row, figures and the skipped list."""
+    """The report: results table (one row per seed group), commands behind every row, figures, skipped list."""
+    files = {member["file"] for row in rows for member in row["members"]}
+    evaluations = sum(member["map"] is not None for row in rows for member in row["members"])
     lines = [f"# deephash report: {folder}", "",
-             f"{len({r['file'] for r in rows})} artifacts, {sum(r['map'] is not None for r in rows)} recorded "
-             f"evaluations. Metrics are as recorded by `deephash evaluate --record` (nothing recomputed); "
-             f"seconds are training seconds per epoch or extraction seconds. `#` refers to the commands below.", "",
-             "| # | dataset | backbone | stage | method | bits | mAP | kNN | P@100 | evaluation | seconds | file |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
-    stale = False
+             f"{len(files)} artifacts, {evaluations} recorded evaluations. Metrics are as recorded by `deephash "
+             f"evaluate --record` (nothing recomputed); seconds are training seconds per epoch or extraction "
+             f"seconds. Artifacts that differ only in their seed are one row: mean ± sample standard deviation "
+             f"(ddof = 1) over the n runs listed under seed. threads: torch's intra-op threads in the run that "
+             f"wrote the file (rerun with OMP_NUM_THREADS set to it). `#` refers to the commands below.", "",
+             "| # | dataset | backbone | stage | method | bits | seed | mAP | kNN | P@100 | evaluation | threads | "
+             "seconds | file |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    stale = repeated = False
     for number, row in enumerate(rows, 1):
         mark = "" if row["current"] else " †"
         stale |= not row["current"]
+        seed = _seed_cell(row)
+        repeated |= seed.endswith("‡")
         cells = [str(number), row["dataset"] or DASH, row["backbone"] or DASH, row["stage"] or row["kind"],
-                 row["method"] or DASH, row["bits"] or DASH, _number(row["map"]) + mark, _number(row["knn"]),
-                 _number(row["p100"]), row["evaluation"] or DASH, row["seconds"] or DASH, f"`{row['file']}`"]
+                 row["method"] or DASH, row["bits"] or DASH, seed, _statistic(row["map"], row["n"]) + mark,
+                 _statistic(row["knn"], row["n"]), _statistic(row["p100"], row["n"]), row["evaluation"] or DASH,
+                 ",".join(row["threads"]) or DASH,
+                 _statistic(row["seconds"], row["n"], digits=2, unit=row["seconds_unit"] or ""),
+                 ", ".join(f"`{member['file']}`" for member in row["members"])]
         lines.append("| " + " | ".join(_escape(cell) for cell in cells) + " |")
     if stale:
         lines += ["", "† recorded for another version of the file (its SHA-256 changed since); re-run "
                       "`deephash evaluate --record`."]
+    if repeated:
+        lines += ["", "‡ a seed occurs more than once in the group (the same run made twice, e.g. a copy or a "
+                      "rerun): it counts once per artifact."]
     lines += ["", "## Commands", ""]
     for number, row in enumerate(rows, 1):
-        lines.append(f"{number}. `{row['file']}` made by `{row['command'] or 'unknown'}`")
-        if row["eval_command"]:
-            lines.append(f"   - evaluated by `{row['eval_command']}` ({row.get('selection') or ''})")
+        indent = " " * len(f"{number}. ")
+        if row["n"] > 1:
+            seeds = ", ".join(DASH if seed is None else str(seed) for seed in row["seeds"])
+            lines.append(f"{number}. {row['n']} runs, seeds {seeds}:")
+        for member in row["members"]:
+            lead, inner = (f"{number}. ", indent) if row["n"] == 1 else (f"{indent}- ", indent + "  ")
+            lines.append(f"{lead}`{member['file']}` made by `{member['command'] or 'unknown'}`")
+            if member["eval_command"]:
+                lines.append(f"{inner}- evaluated by `{member['eval_command']}` ({member.get('selection') or ''})")
     titles = {"map-vs-bits": "mAP against code length", "miner-convergence": "Miner convergence",
               "tsne-grid": "t-SNE plots"}
     if figures:
@@ -158,32 +232,58 @@ def markdown(folder: Path, rows: Sequence[Mapping[str, Any]], skipped: Sequence[
 
 # --------------------------------------------------------------------------- figures
 
+Series = dict[str, tuple[list[float], list[float], list[float]]]  # label -> (x, y, ± error; nan: none)
 
-def map_vs_bits_series(rows: Sequence[Mapping[str, Any]]) -> dict[str, tuple[list[float], list[float]]]:
-    """Per hash method (qualified by dataset/backbone/training/protocol when several occur): bits -> best recorded
-    mAP.
+
+def _error(summary: Summary) -> float:
+    return math.nan if summary.std is None else summary.std
+
+
+def _label_n(label: str, ns: Sequence[int]) -> str:
+    """A series label with the number of runs per point when several seeds were averaged."""
+    if max(ns) == 1:
+        return label
+    return f"{label} (n={min(ns)})" if min(ns) == max(ns) else f"{label} (n={min(ns)}–{max(ns)})"
+
+
+def map_vs_bits_series(rows: Sequence[Mapping[str, Any]]) -> Series:
+    """Per hash method (qualified by dataset/backbone/training/protocol when several occur): bits -> mean recorded
+    mAP of a seed group, ± its standard deviation.
 
     Codes from ``encode`` come from a head on frozen features, codes from ``extract --model`` from a fine-tuned
-    network: different series. Several artifacts of one series at one length (e.g. two stages of a run) give
-    their best value; a mean would describe no model.
+    network: different series. Several experiments of one series at one length (e.g. two learning rates) are
+    not averaged (a mean would describe no model) and not chosen by their test mAP: the one with the best
+    mean validation mAP is drawn (experiments without a validation score come after, then by file name).
     """
     points = [{**r, "training": "fine-tuned" if r["stage"] == "extract" else "head"}
               for r in rows if r["kind"] == "codes" and r["map"] is not None and r["bits"] and r["current"]]
     qualifiers = [key for key in ("dataset", "backbone", "training", "evaluation")
                   if len({r[key] for r in points}) > 1]
-    grouped: dict[str, dict[int, list[float]]] = defaultdict(lambda: defaultdict(list))
+    grouped: dict[str, dict[int, list[Mapping[str, Any]]]] = defaultdict(lambda: defaultdict(list))
     for row in points:
         label = (row["method"] or "unknown").split(" + ")[0]
         if qualifiers:
             label += " (" + ", ".join(str(row[key]) for key in qualifiers) + ")"
-        grouped[label][int(row["bits"])].append(float(row["map"]))
-    return {label: (sorted(by_bits), [max(by_bits[b]) for b in sorted(by_bits)])
-            for label, by_bits in sorted(grouped.items())}
+        grouped[label][int(row["bits"])].append(row)
+
+    def by_validation(row: Mapping[str, Any]) -> tuple:
+        validation = row["val_map"]
+        return (validation is None, -(validation.mean if validation is not None else 0.0),
+                row["members"][0]["file"])
+
+    series: Series = {}
+    for label, by_bits in sorted(grouped.items()):
+        bits = sorted(by_bits)
+        chosen = [min(by_bits[b], key=by_validation)["map"] for b in bits]
+        series[_label_n(label, [c.n for c in chosen])] = (bits, [c.mean for c in chosen],
+                                                          [_error(c) for c in chosen])
+    return series
 
 
-def convergence_series(entries: Sequence[Mapping[str, Any]]) -> dict[str, tuple[list[float], list[float]]]:
-    """Per miner: cumulative training seconds -> validation mAP, from embeddings artifacts' history."""
-    series: dict[str, tuple[list[float], list[float]]] = {}
+def convergence_series(entries: Sequence[Mapping[str, Any]]) -> Series:
+    """Per miner (per seed group): mean cumulative training seconds -> mean validation mAP ± std over the group,
+    from embeddings artifacts' history (epochs that every run of the group reached)."""
+    runs = []
     for entry in entries:
         header, history = entry["summary"]["header"], entry["summary"]["history"]
         miner = header["config"].get("miner")
@@ -196,9 +296,18 @@ def convergence_series(entries: Sequence[Mapping[str, Any]]) -> dict[str, tuple[
             elapsed += float(row["seconds"])
             x.append(elapsed)
             y.append(float(row["val_map"]))
-        label = str(miner) if miner not in series else f"{miner} ({entry['name']})"
         if x:
-            series[label] = (x, y)
+            runs.append({"name": entry["name"], "miner": str(miner), "x": x, "y": y,
+                         "key": group_key(header["config"], header["kind"])})
+    series: Series = {}
+    for members in group(runs, key=lambda run: run["key"], order=lambda run: run["name"]):
+        epochs = min(len(run["x"]) for run in members)
+        xs = [summarize([run["x"][i] for run in members]) for i in range(epochs)]
+        ys = [summarize([run["y"][i] for run in members]) for i in range(epochs)]
+        label = _label_n(members[0]["miner"], [len(members)])
+        if label in series:
+            label = _label_n(f"{members[0]['miner']} ({members[0]['name']})", [len(members)])
+        series[label] = ([s.mean for s in xs], [s.mean for s in ys], [_error(s) for s in ys])
     return series
 
 
@@ -230,7 +339,8 @@ def tsne_grid(images: Sequence[Path], folder: Path):
 def build_report(folder: Path, output: Path, *, recursive: bool = False, force: bool = False) -> dict[str, Any]:
     """Write the markdown report of ``folder`` to ``output`` and its figures next to it.
 
-    Returns ``{"report", "figures", "artifacts", "rows", "skipped"}``. A folder without readable
+    Returns ``{"report", "figures", "artifacts", "rows", "groups", "skipped"}`` (rows: artifact × evaluation;
+    groups: the table's rows, seeds taken together). A folder without readable
     artifacts is an error; unreadable ones among readable ones are skipped and listed.
     """
     from deephash_cli.plots import line_plot, save_figure
@@ -249,16 +359,18 @@ def build_report(folder: Path, output: Path, *, recursive: bool = False, force: 
             raise DeephashError(f"{folder}: no readable deephash artifacts ({len(skipped)} skipped: {reasons})")
         raise DeephashError(f"{folder}: no deephash artifacts ({', '.join(PATTERNS)}) found{hint}")
     rows = table_rows(entries)
+    groups = group_rows(rows)
     targets = plot_paths(output)
     drawings: dict[str, Any] = {}
-    bits_series = map_vs_bits_series(rows)
+    bits_series = map_vs_bits_series(groups)
     if bits_series:
-        drawings["map-vs-bits"] = lambda: line_plot(bits_series, xlabel="bits", ylabel="mAP (recorded)",
-                                                    title="mAP against code length")
+        drawings["map-vs-bits"] = lambda: line_plot(bits_series, xlabel="bits", ylabel="mAP (recorded; mean ± std "
+                                                    "over seeds)", title="mAP against code length")
     miner_series = convergence_series(entries)
     if miner_series:
         drawings["miner-convergence"] = lambda: line_plot(miner_series, xlabel="cumulative training seconds",
-                                                          ylabel="validation mAP", title="Miner convergence")
+                                                          ylabel="validation mAP (mean ± std over seeds)",
+                                                          title="Miner convergence")
     images = tsne_images(folder, recursive, targets["tsne-grid"])
     if images:
         drawings["tsne-grid"] = lambda: tsne_grid(images, folder)
@@ -267,6 +379,7 @@ def build_report(folder: Path, output: Path, *, recursive: bool = False, force: 
     figures = {}
     for name, draw in drawings.items():
         figures[name] = save_figure(draw(), targets[name], force=force)
-    records.write_text_atomic(output, markdown(folder, rows, skipped, figures), force=force)
+    records.write_text_atomic(output, markdown(folder, groups, skipped, figures), force=force)
     return {"report": str(output), "figures": {k: str(v) for k, v in figures.items()}, "artifacts": len(entries),
-            "rows": len(rows), "skipped": [{"file": name, "reason": reason} for name, reason in skipped]}
+            "rows": len(rows), "groups": len(groups),
+            "skipped": [{"file": name, "reason": reason} for name, reason in skipped]}

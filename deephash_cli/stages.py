@@ -23,14 +23,18 @@ from deephash_cli.ui import advance, progress_bar, stderr_console, warn
 def run_extract(output: Path, *, dataset: str, data_dir: str | None, backbone: str, weights: str,
                 image_size: int | None, mean: str, std: str, batch_size: int, device: str, workers: int,
                 limit_per_class: int | None, test_fraction: float, seed: int, skip_corrupt: bool,
-                force: bool, model_path: Path | None = None, split: str = "official") -> Path:
+                force: bool, model_path: Path | None = None, shard: Any = None, split: str = "official") -> Path:
     """Extract features for every split of ``dataset`` (train and test; In-shop: train, query and gallery) into a
     features artifact. ``split``: the official split or the class-disjoint one (``classes``, see
     ``datasets.class_disjoint``).
 
     With ``model_path`` (a ``deephash finetune`` model) the images go through that backbone + head
     with its image size and mean/std: an embeddings artifact, or for a hash model packed codes.
+
+    ``shard`` (a ``shards.Shard``): only that slice of every split, recorded in the config's ``shard``
+    (``deephash merge`` joins the slices). Under torchrun the rank's GPU is used (``distributed.select_device``).
     """
+    from deephash_cli import distributed, shards
     from deephash_cli.backbones import BACKBONES, build_backbone, resolve_device
     from deephash_cli.datasets import DATASETS, SPLIT_MODES, limit_per_class as limit, load_dataset
     from deephash_cli.extract import ExtractStats, extract_chunks, make_transform, parse_triple
@@ -50,13 +54,27 @@ def run_extract(output: Path, *, dataset: str, data_dir: str | None, backbone: s
     DATASETS.get(dataset)
     if split not in SPLIT_MODES:
         raise DeephashError(f"unknown --split '{split}'; valid names: {', '.join(SPLIT_MODES)}")
+    if shard is not None and finetuned is None and backbone != "pixels" and weights == "none":
+        raise DeephashError(f"--shard {shard} with --weights none: each shard would draw its own random "
+                            f"{backbone} weights; save one state_dict and pass --weights PATH to every shard")
     artifacts.check_output(output, force)
     mean_rgb, std_rgb = parse_triple(mean, "--mean"), parse_triple(std, "--std")
-    torch_device = resolve_device(device)
+    torch_device = distributed.select_device(distributed.from_env(), resolve_device(device))
     data = load_dataset(dataset, data_dir, split=split, test_fraction=test_fraction, seed=seed)
     sources = {name: limit(source, limit_per_class) for name, source in data.sources().items()}
-    if image_size is None:
+    if image_size is None:  # from the whole dataset, so that every shard chooses as one process would
         image_size = native_image_size(sources) if backbone == "pixels" else 224
+    shard_info: dict[str, Any] = {}
+    if shard is not None:
+        totals = {name: len(source) for name, source in sources.items()}
+        ranges = {name: shards.rows(n, batch_size, shard) for name, n in totals.items()}
+        sources = {name: source.subset(np.arange(*ranges[name])) for name, source in sources.items()}
+        shard_info = {"shard": shards.record(shard, ranges, totals)}
+        for name, (start, stop) in ranges.items():
+            batches = -(-totals[name] // batch_size)
+            if start == stop and batches:
+                warn(f"shard {shard}: no {name} rows (its {totals[name]} rows make {batches} "
+                     f"batch{'es' if batches > 1 else ''} of {batch_size} for {shard.count} shards)")
     model, spec = (finetuned, BACKBONES.get(backbone)) if finetuned is not None else build_backbone(backbone, weights)
     transform = make_transform(image_size, mean_rgb, std_rgb)
     dim = spec.dim if spec.dim is not None else 3 * image_size * image_size
@@ -74,7 +92,7 @@ def run_extract(output: Path, *, dataset: str, data_dir: str | None, backbone: s
               "layer": spec.layer, "dim": dim, **weights_info, "image_size": image_size, "mean": mean_rgb,
               "std": std_rgb, "batch_size": batch_size, "device": str(torch_device),
               "limit_per_class": limit_per_class, "split": split,
-              **{f"split_{k}": v for k, v in data.split_info.items()}}
+              **{f"split_{k}": v for k, v in data.split_info.items()}, **shard_info}
     stats = {name: ExtractStats() for name in sources}
     start = time.perf_counter()
     with artifacts.ArtifactWriter(output, kind=kind, class_names=data.class_names, config=config,
@@ -84,7 +102,8 @@ def run_extract(output: Path, *, dataset: str, data_dir: str | None, backbone: s
             split_writer = writer.create_split(name, len(source), dim=None if kind == "codes" else dim,
                                                bits=dim if kind == "codes" else None, resizable=skip_corrupt,
                                                paths=True)
-            with progress_bar(f"extract {name}", total=len(source)) as progress:
+            with progress_bar(f"extract {name}" + (f" (shard {shard})" if shard is not None else ""),
+                              total=len(source)) as progress:
                 for chunk in extract_chunks(model, source, transform, image_size, batch_size=batch_size,
                                             device=torch_device, workers=workers, skip_corrupt=skip_corrupt,
                                             stats=stats[name], on_batch=lambda n: advance(progress, n)):
@@ -101,6 +120,62 @@ def run_extract(output: Path, *, dataset: str, data_dir: str | None, backbone: s
                                        "images_per_second": round(total / max(seconds, 1e-9), 2),
                                        "skipped": {k: s.skipped for k, s in stats.items()}})
     return output
+
+
+def run_merge(paths: list[Path], output: Path, *, force: bool) -> dict[str, Any]:
+    """Join the shards of one sharded extraction (``extract --shard K/N``) into the artifact one process would
+    have written: rows in dataset order, the same config (``shards.plan_merge`` checks the set and says what
+    differs; docs/scale.md lists the provenance that does). Shards are read one at a time, so memory holds
+    the largest shard, not the collection. Returns a summary (shards, rows per split)."""
+    from deephash_cli import shards
+    from deephash_cli.info import resolve_reference
+
+    for path in paths:
+        if str(path) == "-":
+            raise DeephashError("merge reads shard files, not stdin ('-'); give the shards' paths")
+        if shards.same_file(path, output):
+            raise DeephashError(f"-o {output} is one of the shards being merged; choose another output")
+    artifacts.check_output(output, force)
+    hashes = {str(path): artifacts.check_input(path) for path in paths}  # as read, even if a file changes later
+    plan = shards.plan_merge([shards.ShardFile(artifacts.display_name(path), artifacts.read_summary(path))
+                              for path in paths])
+    if plan.version_differences:
+        warn(f"the shards were made with different library versions or settings: "
+             f"{'; '.join(plan.version_differences[:3])}; the merged file records those of "
+             f"{plan.shards[0].path}")
+    header = plan.shards[0].header
+    config, parent = dict(plan.config), None
+    if header.get("parent"):  # extract --model: the model, stored relative to each shard's folder
+        parent = resolve_reference(str(header["parent"]), Path(plan.shards[0].path))
+        if parent is None:
+            raise DeephashError(f"{plan.shards[0].path}: its model was streamed on stdin ('-'); the merged "
+                                f"artifact cannot name it")
+        if "model" in config:
+            config["model"] = artifacts.parent_reference(parent, output)
+    sources = [{"artifact": artifacts.parent_reference(part.path, output), "sha256": hashes[part.path],
+                "shard": str(part.shard), "rows": {name: split["rows"] for name, split in part.summary["splits"].items()},
+                "seconds": part.extraction().get("seconds")} for part in plan.shards]
+    with artifacts.ArtifactWriter(output, kind=plan.kind, class_names=plan.class_names, config=config,
+                                  parent=parent, parent_sha256=header.get("parent_sha256"), force=force,
+                                  versions=plan.versions) as writer:
+        writers = {name: writer.create_split(name, split["rows"],
+                                             dim=split["width"] if split["data"] == "features" else None,
+                                             bits=split["width"] if split["data"] == "codes" else None, paths=True)
+                   for name, split in plan.splits.items()}
+        with progress_bar("merge", total=sum(split["rows"] for split in plan.splits.values())) as progress:
+            for part in plan.shards:
+                artifact = artifacts.read_artifact(part.path, expect_kinds=(plan.kind,))
+                for name, split_writer in writers.items():
+                    split = artifact.split(name)
+                    if len(split) != part.summary["splits"][name]["rows"]:
+                        raise DeephashError(f"{part.path} changed while merging ({name}: "
+                                            f"{part.summary['splits'][name]['rows']} rows, then {len(split)}); "
+                                            f"nothing was written")
+                    split_writer.write(split.data, split.labels, split.index, split.names())
+                    advance(progress, len(split), unit="rows")
+        writer.set_attr("extraction", plan.extraction)
+        writer.set_attr("merged_from", sources)
+    return {"shards": len(plan.shards), "rows": {name: split["rows"] for name, split in plan.splits.items()}}
 
 
 def native_image_size(sources: dict[str, Any]) -> int:

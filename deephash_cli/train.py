@@ -155,7 +155,8 @@ def fit(model: nn.Module, loss_fn: nn.Module, train_x: torch.Tensor, train_y: to
         warn: Callable[[str], None] | None = None,
         embed_rows: Callable[[torch.Tensor, int, int], torch.Tensor] | None = None,
         parameters: Any = None, amp: bool = False, resume: Checkpoint | None = None,
-        on_checkpoint: Callable[[Checkpoint], None] | None = None) -> FitResult:
+        on_checkpoint: Callable[[Checkpoint], None] | None = None,
+        plan_epoch: Callable[[int, list[torch.Tensor]], None] | None = None) -> FitResult:
     """Train ``model`` with ``loss_fn`` on (train_x (n, d), train_y (n,)); keep the best validation epoch.
 
     ``before_epoch(epoch)`` may change schedule-driven attributes (e.g. DTSH's α, λ) and returns
@@ -169,7 +170,9 @@ def fit(model: nn.Module, loss_fn: nn.Module, train_x: torch.Tensor, train_y: to
     may set their own ``lr``); the loss's own learnable parameters (``loss_fn.parameter_groups()``,
     e.g. the margin loss's β with its learning rate) are added to them; ``amp``: autocast the
     forward pass to float16 and scale the loss with a GradScaler (CUDA only); ``resume``: continue
-    after the checkpoint's epoch; ``on_checkpoint(checkpoint)``: called after every epoch.
+    after the checkpoint's epoch; ``on_checkpoint(checkpoint)``: called after every epoch;
+    ``plan_epoch(epoch, rows_per_step)``: called before each epoch's first step with the rows every
+    step will ask ``embed_rows`` for, in order (so images can be decoded ahead, in other processes).
     """
     options.check()
     device = train_y.device
@@ -230,15 +233,18 @@ def fit(model: nn.Module, loss_fn: nn.Module, train_x: torch.Tensor, train_y: to
             sampler.set_epoch(epoch)
             batches = list(sampler)
 
-        for step, batch in enumerate(batches, 1):
-            if miner is None:
-                a, p, n = (torch.as_tensor(t, dtype=torch.long) for t in batch)
-                # Embed each touched item once and re-index the triplets into that batch.
-                rows, inverse = torch.unique(torch.cat([a, p, n]), return_inverse=True)
+        if miner is None:
+            # Embed each touched item once and re-index the triplets into that batch.
+            planned = [torch.unique(torch.cat([torch.as_tensor(t, dtype=torch.long) for t in batch]),
+                                    return_inverse=True) for batch in batches]
+        else:
+            planned = [(torch.as_tensor(batch, dtype=torch.long), None) for batch in batches]
+        if plan_epoch is not None:
+            plan_epoch(epoch, [rows for rows, _ in planned])
+        for step, (rows, inverse) in enumerate(planned, 1):
+            rows = rows.to(device)
+            if inverse is not None:
                 triplets = inverse.view(3, -1).to(device).unbind(0)
-                rows = rows.to(device)
-            else:
-                rows = torch.as_tensor(batch, dtype=torch.long, device=device)
             with torch.autocast(device.type, enabled=amp):
                 embeddings = embed_rows(rows, epoch, step)
             embeddings = embeddings.float()  # mining and losses in float32 even under autocast

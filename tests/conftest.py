@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import h5py
 import numpy as np
 import pytest
 from typer.testing import CliRunner
@@ -47,3 +48,42 @@ def write_features(path, *, n_train=40, n_test=10, n_classes=4, dim=16, seed=0, 
 @pytest.fixture
 def features_file(tmp_path):
     return write_features(tmp_path / "features.h5")
+
+
+# Wall-clock columns of the training history: the only datasets a rerun may change.
+TIMING = ("history/seconds", "history/seconds_with_validation")
+
+
+def datasets(path) -> dict[str, np.ndarray]:
+    """Every dataset of an HDF5 file by its path."""
+    found: dict[str, np.ndarray] = {}
+    with h5py.File(path, "r") as handle:
+        handle.visititems(lambda name, item: found.__setitem__(name, item[()]) if isinstance(item, h5py.Dataset)
+                          else None)
+    return found
+
+
+def assert_bitwise_equal(path, other) -> int:
+    """Every dataset of ``path`` equals ``other``'s bit for bit (dtype, shape, bytes), timing columns aside;
+    returns how many were compared."""
+    mine, theirs = datasets(path), datasets(other)
+    assert mine.keys() == theirs.keys()
+    compared = 0
+    for name, value in mine.items():
+        if name in TIMING:
+            continue
+        found = theirs[name]
+        assert (value.dtype, value.shape) == (found.dtype, found.shape), name
+        if value.dtype.kind == "O":  # variable-length strings: the stored bytes, not the object pointers
+            assert np.asarray(value).tolist() == np.asarray(found).tolist(), f"{path}:{name} differs from {other}"
+        else:
+            assert np.asarray(value).tobytes() == np.asarray(found).tobytes(), f"{path}:{name} differs from {other}"
+        compared += 1
+    return compared
+
+
+def without_timing(config: dict) -> dict:
+    """A training config without its seconds (and the model file's hash, which covers the model's timing)."""
+    drop = ("seconds_per_epoch", "model_sha256")
+    return {key: ([{k: v for k, v in run.items() if "seconds" not in k} for run in value]
+                  if key == "margin_search" else value) for key, value in config.items() if key not in drop}

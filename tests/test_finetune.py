@@ -337,3 +337,74 @@ def test_info_describes_the_backbone_and_the_head(runner, reference):
     assert result.exit_code == 0, result.output
     assert "model: fine-tuned mobilenet_v2 at 16 px + linear head 1280→8 (hidden 512, output normalized, " \
            "produces embeddings)" in result.stdout
+
+
+def test_training_images_decoded_by_workers_give_the_same_model(runner, workspace, reference, tmp_path):
+    """--workers 2 decodes each step's batch in other processes, ahead: every parameter equals the reference's."""
+    out = tmp_path / "workers.model.h5"
+    result = invoke(runner, *args(workspace, "--epochs", "2", "--workers", "2", "-o", str(out)))
+    assert result.exit_code == 0, result.output
+    expected, found = _parameters(reference), _parameters(out)
+    assert expected.keys() == found.keys()
+    for name in expected:
+        np.testing.assert_array_equal(found[name], expected[name], err_msg=name)
+    assert [row["val_map"] for row in read_artifact(out).history] == \
+        [row["val_map"] for row in read_artifact(reference).history]
+
+
+def test_prefetched_steps_equal_main_process_loading_and_name_a_broken_file(workspace, tmp_path):
+    import shutil
+
+    from deephash_cli.datasets import CorruptImageError, load_dataset
+    from deephash_cli.extract import make_transform
+    from deephash_cli.finetune import EpochImages, item_seed, load_train_batch, prefetched_batches
+
+    data = tmp_path / "data"
+    shutil.copytree(workspace / "data", data)
+    source = load_dataset("imagefolder", str(data)).train
+    transform = make_transform(16, (0.5,) * 3, (0.5,) * 3, train=True)
+    parts = [(np.array([3, 0, 7]), 0), (np.array([1, 12]), 4)]
+    steps = list(prefetched_batches(EpochImages(source, transform, 5, 2, parts), workers=2))
+    for step, ((rows, start), (got_rows, images)) in enumerate(zip(parts, steps), 1):
+        seeds = [item_seed(5, 2, step, start + j) for j in range(len(rows))]
+        np.testing.assert_array_equal(got_rows, rows)
+        assert torch.equal(images, load_train_batch(source, rows, transform, seeds))
+    broken = data / "train" / "class1" / "0.png"
+    broken.write_bytes(b"\x89PNG not really")
+    bad = EpochImages(load_dataset("imagefolder", str(data)).train, transform, 5, 2,
+                      [(np.arange(len(source)), 0)])
+    with pytest.raises(CorruptImageError, match="0.png: cannot decode image"):
+        list(prefetched_batches(bad, workers=1))
+
+
+def test_seeds_runs_equal_single_seed_runs(runner, workspace, tmp_path):
+    from deephash_cli.artifacts import read_header
+    from tests.conftest import assert_bitwise_equal
+
+    result = invoke(runner, *args(workspace, "--epochs", "1", "--seeds", "0,1", "-o", str(tmp_path / "ft.model.h5")))
+    assert result.exit_code == 0, result.output
+    seeded = [tmp_path / "ft.seed0.model.h5", tmp_path / "ft.seed1.model.h5"]
+    assert result.stdout.splitlines() == [str(p) for p in seeded]
+    alone = tmp_path / "alone.model.h5"
+    assert invoke(runner, *args(workspace, "--epochs", "1", "--seed", "1", "-o", str(alone))).exit_code == 0
+    assert assert_bitwise_equal(seeded[1], alone) > 100  # backbone, head, optimizer state, RNG states
+    header = read_header(seeded[1])
+    assert header["config"]["seed"] == 1 and "--seed 1" in header["command"] and "--seeds" not in header["command"]
+    both = invoke(runner, *args(workspace, "--seed", "1", "--seeds", "0,1", "-o", str(tmp_path / "x.h5")))
+    assert both.exit_code == 2 and both.stderr.startswith("error: --seed and --seeds exclude each other")
+
+
+def test_the_test_split_of_a_dataset_without_one_does_not_follow_the_training_seed(runner, workspace, tmp_path):
+    import shutil
+
+    from deephash_cli.artifacts import read_header
+
+    data = tmp_path / "data"
+    shutil.copytree(workspace / "data" / "train", data / "train")  # no test/: a stratified split, as extract's
+    base = [*args(workspace, "--data-dir", str(data), "--epochs", "1", "--test-fraction", "0.25")]
+    assert invoke(runner, *base, "--seed", "3", "-o", str(tmp_path / "a.model.h5")).exit_code == 0
+    config = read_header(tmp_path / "a.model.h5")["config"]
+    assert config["split"]["seed"] == 0 and config["fingerprint"]["split_seed"] == 0  # extract's default split
+    assert invoke(runner, *base, "--seed", "3", "--split-seed", "3", "-o", str(tmp_path / "b.model.h5")).exit_code == 0
+    config = read_header(tmp_path / "b.model.h5")["config"]
+    assert config["split"]["seed"] == 3 and "split_seed" not in config["fingerprint"]  # old checkpoints resume

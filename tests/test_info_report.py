@@ -142,17 +142,19 @@ def test_report_table_commands_and_figures(runner, tmp_path):
     rows = {line.split("|")[-2].strip(" `"): [c.strip() for c in line.split("|")[1:-1]]
             for line in text.splitlines() if line.startswith("| ") and "`" in line}
     assert set(rows) == {"f.h5", "emb.h5", "h.model.h5", "codes.h5"}
-    # columns: # dataset backbone stage method bits mAP kNN P@100 evaluation seconds file
+    # columns: # dataset backbone stage method bits seed mAP kNN P@100 evaluation threads seconds file
     for name, res in results.items():
         row = rows[name]
-        assert row[6] == f"{res['map']:.4f}" and row[7] == f"{res['knn_accuracy']:.4f}"
-        assert row[8] == f"{res['precision_at']['100']:.4f}"
+        assert row[7] == f"{res['map']:.4f}" and row[8] == f"{res['knn_accuracy']:.4f}"
+        assert row[9] == f"{res['precision_at']['100']:.4f}"
         assert row[1:3] == ["blobs", "synthetic"]
-    assert rows["codes.h5"][3:6] == ["encode", "triplet-ranking + random", "8"]
+    assert rows["codes.h5"][3:7] == ["encode", "triplet-ranking + random", "8", "0"]  # the model's seed
     assert rows["emb.h5"][3:5] == ["train-triplet", "facenet + semihard"]
+    assert rows["f.h5"][6] == "—"  # not trained: no seed
     history = read_artifact(emb).history
-    assert rows["emb.h5"][10] == f"{np.mean([h['seconds'] for h in history]):.2f} s/epoch"
-    assert rows["h.model.h5"][6] == "—"
+    assert rows["emb.h5"][12] == f"{np.mean([h['seconds'] for h in history]):.2f} s/epoch"
+    assert rows["emb.h5"][11] == read_artifact(emb).attrs["versions"]["torch_threads"]
+    assert rows["h.model.h5"][7] == "—"
     # Every figure's command: the producing command and the evaluation command.
     assert f"`emb.h5` made by `{read_artifact(emb).attrs['command']}`" in text
     assert f"evaluated by `{read_records(codes)[0]['command']}`" in text
@@ -218,18 +220,28 @@ def test_method_names_keep_scheduled_dtsh_apart():
                                                           "miner": "all"}}) == "dtsh-schedule + all"
 
 
-def test_map_vs_bits_keeps_fine_tuned_codes_apart_and_takes_the_best_of_a_series():
+def test_map_vs_bits_keeps_fine_tuned_codes_apart_and_takes_the_best_on_validation_of_a_series():
+    from deephash_cli.groups import summarize
     from deephash_cli.report import map_vs_bits_series
 
-    def row(stage, bits, value, method="triplet-ranking + all", current=True):
-        return {"kind": "codes", "stage": stage, "bits": bits, "map": value, "method": method, "current": current,
-                "dataset": "imagefolder", "backbone": "mobilenet_v2", "evaluation": "splits/hamming"}
+    def row(stage, bits, value, validation=None, method="triplet-ranking + all", current=True):
+        return {"kind": "codes", "stage": stage, "bits": bits, "map": summarize([value]) if value else None,
+                "val_map": summarize([validation]) if validation else None, "method": method, "current": current,
+                "dataset": "imagefolder", "backbone": "mobilenet_v2", "evaluation": "splits/hamming",
+                "members": [{"file": f"{stage}-{bits}-{value}.h5"}]}
 
-    rows = [row("encode", 12, 0.6), row("encode", 48, 0.7), row("extract", 48, 0.8), row("extract", 48, 0.85),
-            row("extract", 48, 0.99, current=False), {**row("encode", 48, None), "kind": "model"}]
-    assert map_vs_bits_series(rows) == {"triplet-ranking (head)": ([12, 48], [0.6, 0.7]),
-                                        "triplet-ranking (fine-tuned)": ([48], [0.85])}
-    assert map_vs_bits_series(rows[:2]) == {"triplet-ranking": ([12, 48], [0.6, 0.7])}
+    def points(series):
+        return {label: (bits, means) for label, (bits, means, _) in series.items()}
+
+    rows = [row("encode", 12, 0.6), row("encode", 48, 0.7), row("extract", 48, 0.8, validation=0.5),
+            row("extract", 48, 0.85, validation=0.6), row("extract", 48, 0.99, validation=0.9, current=False),
+            {**row("encode", 48, None), "kind": "model"}]
+    assert points(map_vs_bits_series(rows)) == {"triplet-ranking (head)": ([12, 48], [0.6, 0.7]),
+                                                "triplet-ranking (fine-tuned)": ([48], [0.85])}
+    assert points(map_vs_bits_series(rows[:2])) == {"triplet-ranking": ([12, 48], [0.6, 0.7])}
+    # Validation decides, not test: the better validation score with the lower test mAP is drawn.
+    rows[3] = row("extract", 48, 0.85, validation=0.4)
+    assert points(map_vs_bits_series(rows))["triplet-ranking (fine-tuned)"] == ([48], [0.8])
 
 
 def test_artifacts_record_the_thread_count_and_info_shows_it(runner, tmp_path):
