@@ -196,6 +196,10 @@ def _emit(io, path: Path, extra: Optional[Path] = None) -> None:
         typer.echo(str(path))
 
 
+RUNTIME = typer.Option("eager", help="How the network "
+                       "runs: eager (PyTorch, the exact reference), onnx (ONNX Runtime, float32) or int8 (ONNX "
+                       "Runtime, static int8 quantisation); onnx and int8 run on the CPU and need `pip install "
+                       "'deephash[onnx]'`. Speed and mAP of each: benchmarks/RESULTS.md.")
 MAX_PIXELS = typer.Option(89_478_485, "--max-image-pixels", help="Refuse images of more than N pixels (the "
                           "decompression-bomb guard; PIL's default). They count as undecodable, so --skip-corrupt "
                           "skips them. 0: no limit.")
@@ -348,6 +352,9 @@ def extract(
                                         "of whole batches of every split; `deephash merge` joins the N shards. "
                                         "Under torchrun (WORLD_SIZE > 1) each process takes shard "
                                         "RANK/WORLD_SIZE by itself. See docs/scale.md."),
+    runtime: str = RUNTIME,
+    calibration_images: int = typer.Option(256, min=1, help="--runtime int8: training images (a fixed sample "
+                                           "drawn with --seed) that set the activation ranges."),
     max_image_pixels: int = MAX_PIXELS,
     force: bool = typer.Option(False, help="Overwrite an existing output."),
 ) -> None:
@@ -366,7 +373,8 @@ def extract(
             out, dataset=dataset, data_dir=data_dir, backbone=backbone, weights=weights, image_size=image_size,
             mean=mean, std=std, batch_size=batch_size, device=device, workers=workers,
             limit_per_class=limit_per_class, test_fraction=test_fraction, seed=seed, skip_corrupt=skip_corrupt,
-            force=force, model_path=model, shard=chosen, split=split)
+            force=force, model_path=model, shard=chosen, split=split, runtime=runtime,
+            calibration_images=calibration_images)
         _emit(io, path)
 
 

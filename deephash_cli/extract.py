@@ -75,6 +75,17 @@ class TransformedImages(Dataset):
             return torch.zeros(3, self.image_size, self.image_size), label, index, False, err.path, err.reason
 
 
+def image_batches(source: ImageSource, transform: Callable, image_size: int, *,
+                  batch_size: int) -> Iterator[torch.Tensor]:
+    """``source``'s images, preprocessed, in batches ``(b, 3, s, s)`` (undecodable ones left out)."""
+    dataset = TransformedImages(source, transform, image_size)
+    for start in range(0, len(dataset), batch_size):
+        items = [dataset[i] for i in range(start, min(start + batch_size, len(dataset)))]
+        images = [item[0] for item in items if item[3]]
+        if images:
+            yield torch.stack(images)
+
+
 @dataclass
 class ExtractStats:
     """What happened during an extraction run."""

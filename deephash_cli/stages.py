@@ -23,13 +23,17 @@ from deephash_cli.ui import advance, progress_bar, stderr_console, warn
 def run_extract(output: Path, *, dataset: str, data_dir: str | None, backbone: str, weights: str,
                 image_size: int | None, mean: str, std: str, batch_size: int, device: str, workers: int,
                 limit_per_class: int | None, test_fraction: float, seed: int, skip_corrupt: bool,
-                force: bool, model_path: Path | None = None, shard: Any = None, split: str = "official") -> Path:
+                force: bool, model_path: Path | None = None, shard: Any = None, split: str = "official",
+                runtime: str = "eager", calibration_images: int = 256) -> Path:
     """Extract features for every split of ``dataset`` (train and test; In-shop: train, query and gallery) into a
     features artifact. ``split``: the official split or the class-disjoint one (``classes``, see
     ``datasets.class_disjoint``).
 
     With ``model_path`` (a ``deephash finetune`` model) the images go through that backbone + head
     with its image size and mean/std: an embeddings artifact, or for a hash model packed codes.
+
+    ``runtime`` (runtimes.RUNTIMES) executes the network; ``int8`` calibrates on ``calibration_images``
+    training images drawn with ``seed`` from the whole train split (every shard draws the same).
 
     ``shard`` (a ``shards.Shard``): only that slice of every split, recorded in the config's ``shard``
     (``deephash merge`` joins the slices). Under torchrun the rank's GPU is used (``distributed.select_device``).
@@ -39,7 +43,10 @@ def run_extract(output: Path, *, dataset: str, data_dir: str | None, backbone: s
     from deephash_cli.datasets import DATASETS, SPLIT_MODES, limit_per_class as limit, load_dataset
     from deephash_cli.extract import ExtractStats, extract_chunks, make_transform, parse_triple
     from deephash_cli.items import names_by_index
+    from deephash_cli.runtimes import RUNTIMES, build_runtime
+    import torch
 
+    RUNTIMES.get(runtime)
     finetuned, architecture, kind = None, {}, "features"
     model_sha256 = artifacts.check_input(model_path) if model_path is not None else None
     if model_path is not None:
@@ -64,6 +71,7 @@ def run_extract(output: Path, *, dataset: str, data_dir: str | None, backbone: s
     sources = {name: limit(source, limit_per_class) for name, source in data.sources().items()}
     if image_size is None:  # from the whole dataset, so that every shard chooses as one process would
         image_size = native_image_size(sources) if backbone == "pixels" else 224
+    calibration_source = sources["train"]
     shard_info: dict[str, Any] = {}
     if shard is not None:
         totals = {name: len(source) for name, source in sources.items()}
@@ -77,6 +85,19 @@ def run_extract(output: Path, *, dataset: str, data_dir: str | None, backbone: s
                      f"batch{'es' if batches > 1 else ''} of {batch_size} for {shard.count} shards)")
     model, spec = (finetuned, BACKBONES.get(backbone)) if finetuned is not None else build_backbone(backbone, weights)
     transform = make_transform(image_size, mean_rgb, std_rgb)
+    runtime_info: dict[str, Any] = {}
+    if runtime != "eager":
+        from deephash_cli.extract import image_batches
+
+        if torch_device.type != "cpu":
+            raise DeephashError(f"--runtime {runtime} runs on the CPU; use --device cpu (or --runtime eager on CUDA)")
+        sample = np.sort(np.random.default_rng(seed).choice(
+            len(calibration_source), min(len(calibration_source), calibration_images), replace=False))
+        model = build_runtime(runtime, model, torch.zeros(2, 3, image_size, image_size), lambda: image_batches(
+            calibration_source.subset(sample), transform, image_size, batch_size=32))
+        runtime_info = {"runtime": runtime}
+        if runtime == "int8":
+            runtime_info["calibration_images"] = len(sample)
     dim = spec.dim if spec.dim is not None else 3 * image_size * image_size
     weights_info: dict[str, Any] = {"weights": weights}
     if weights not in ("default", "none"):
@@ -92,7 +113,7 @@ def run_extract(output: Path, *, dataset: str, data_dir: str | None, backbone: s
               "layer": spec.layer, "dim": dim, **weights_info, "image_size": image_size, "mean": mean_rgb,
               "std": std_rgb, "batch_size": batch_size, "device": str(torch_device),
               "limit_per_class": limit_per_class, "split": split,
-              **{f"split_{k}": v for k, v in data.split_info.items()}, **shard_info}
+              **{f"split_{k}": v for k, v in data.split_info.items()}, **runtime_info, **shard_info}
     stats = {name: ExtractStats() for name in sources}
     start = time.perf_counter()
     with artifacts.ArtifactWriter(output, kind=kind, class_names=data.class_names, config=config,
