@@ -999,6 +999,9 @@ def search(
     skip_corrupt: bool = typer.Option(False, help="Leave out query images that fail to decode (warned) instead of "
                                       "stopping at the first."),
     batch_size: int = typer.Option(64, help="Query images per forward pass."),
+    runtime: str = typer.Option("eager", help="How the query encoder runs: eager (PyTorch) or onnx (ONNX Runtime, "
+                                "float32, CPU; `pip install 'deephash[onnx]'`). int8 is extract-only: its "
+                                "calibration images are not part of the index."),
     max_image_pixels: int = MAX_PIXELS,
     device: str = DEVICE,
     force: bool = typer.Option(False, help="Overwrite an existing --grid PNG or --html page."),
@@ -1017,7 +1020,7 @@ def search(
             raise DeephashError(f"{target} exists; pass --force to overwrite it")
     result = run_search(index_file, images=list(images or []), queries_path=queries, query_split=query_split, k=k,
                         nprobe=nprobe, ef=ef, nflip=nflip, skip_corrupt=skip_corrupt, check_recall=check_recall,
-                        batch_size=batch_size, device=resolve_device(device))
+                        batch_size=batch_size, device=resolve_device(device), runtime=runtime)
     if as_json:
         for query in result["queries"]:
             typer.echo(json.dumps(query))

@@ -163,8 +163,9 @@ class Encoder:
         return np.ascontiguousarray(outputs, dtype=np.float32)
 
 
-def load_encoder(encoder: Mapping[str, Any], index_path: Path, device: Any) -> Encoder:
-    """Rebuild the network an index's items were made with, checking each file's SHA-256 first."""
+def load_encoder(encoder: Mapping[str, Any], index_path: Path, device: Any, runtime: str = "eager") -> Encoder:
+    """Rebuild the network an index's items were made with, checking each file's SHA-256 first; ``runtime``
+    (runtimes.RUNTIMES, one that needs no calibration) executes it."""
     from torch import nn
 
     from deephash_cli.extract import make_transform
@@ -193,6 +194,14 @@ def load_encoder(encoder: Mapping[str, Any], index_path: Path, device: Any) -> E
         network = nn.Sequential(network, nn.Flatten(1), head_model)
     network = network.to(device).eval()
     size = int(encoder["image_size"])
+    if runtime != "eager":
+        import torch
+
+        from deephash_cli.runtimes import build_runtime
+
+        if getattr(device, "type", str(device)) != "cpu":
+            raise DeephashError(f"--runtime {runtime} runs on the CPU; use --device cpu")
+        network = build_runtime(runtime, network, torch.zeros(2, 3, size, size))
     transform = make_transform(size, encoder["mean"], encoder["std"])
     return Encoder(network, transform, size, encoder["produces"], device)
 

@@ -253,12 +253,12 @@ def _query_artifact(path: Path, split: str, stored: artifacts.IndexArtifact, spe
 
 
 def _query_images(files: list[Path], stored: artifacts.IndexArtifact, *, batch_size: int, skip_corrupt: bool,
-                  device: Any) -> tuple[list[Query], np.ndarray]:
+                  device: Any, runtime: str) -> tuple[list[Query], np.ndarray]:
     from deephash_cli.datasets import CorruptImageError, _open_image
     from deephash_cli.encoders import load_encoder
     from deephash_cli.ui import advance, progress_bar
 
-    encoder = load_encoder(stored.encoder, Path(stored.path), device)
+    encoder = load_encoder(stored.encoder, Path(stored.path), device, runtime)
     queries: list[Query] = []
     chunks: list[np.ndarray] = []
     skipped: list[str] = []
@@ -289,9 +289,15 @@ def _query_images(files: list[Path], stored: artifacts.IndexArtifact, *, batch_s
 
 def run_search(index_path: Path, *, images: list[str], queries_path: Path | None, query_split: str, k: int,
                nprobe: int | None, ef: int | None, nflip: int | None, skip_corrupt: bool, check_recall: bool,
-               batch_size: int, device: Any) -> dict[str, Any]:
+               batch_size: int, device: Any, runtime: str = "eager") -> dict[str, Any]:
     """Answer queries (image files/folders, or a split of an artifact) with the index's k nearest items."""
     from deephash_cli.encoders import expand_queries
+    from deephash_cli.runtimes import NEEDS_CALIBRATION, RUNTIMES
+
+    RUNTIMES.get(runtime)
+    if runtime in NEEDS_CALIBRATION:
+        raise DeephashError(f"--runtime {runtime} is for extract (it calibrates on training images); search with "
+                            f"eager or onnx")
 
     if k <= 0:
         raise DeephashError(f"-k must be positive, got {k}")
@@ -313,7 +319,7 @@ def run_search(index_path: Path, *, images: list[str], queries_path: Path | None
     else:
         files = expand_queries(images)
         queries, vectors = _query_images(files, stored, batch_size=batch_size, skip_corrupt=skip_corrupt,
-                                         device=device)
+                                         device=device, runtime=runtime)
     encoded = time.perf_counter()
     prepared = faiss_index.prepare(spec, vectors)
     raw, ids = faiss_index.search(index, prepared, k, nprobe=nprobe, ef=ef, nflip=nflip)

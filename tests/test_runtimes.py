@@ -133,3 +133,24 @@ def test_unknown_runtime_lists_the_valid_ones(runner, folder, tmp_path):
     assert result.exit_code == 2
     assert "unknown runtime 'tensorrt'; valid names: eager, onnx, int8" in result.stderr
     assert not (tmp_path / "x.h5").exists()
+
+
+def test_search_encodes_queries_with_onnx_like_eager_and_refuses_int8(runner, tmp_path):
+    from tests.test_search import extract, make_folder, run_ok, search_json
+
+    data = make_folder(tmp_path / "imgs", per_class=(12, 3))
+    features = extract(runner, data, tmp_path / "f.h5")
+    run_ok(runner, "train-triplet", features, "--dim", "8", "--epochs", "2", "--classes-per-batch", "4",
+           "--samples-per-class", "4", "--save-model", tmp_path / "t.model.h5", "-o", tmp_path / "e.h5")
+    run_ok(runner, "index", tmp_path / "e.h5", "-o", tmp_path / "i.h5")
+    eager = search_json(runner, tmp_path / "i.h5", data / "test", "-k", "5")
+    onnx = search_json(runner, tmp_path / "i.h5", data / "test", "-k", "5", "--runtime", "onnx")
+    assert len(eager) == len(onnx) == 12
+    for a, b in zip(eager, onnx):
+        assert [r["name"] for r in a["results"]] == [r["name"] for r in b["results"]]
+        assert [r["distance"] for r in b["results"]] == pytest.approx([r["distance"] for r in a["results"]],
+                                                                      rel=1e-4, abs=1e-5)
+    result = invoke(runner, "search", tmp_path / "i.h5", data / "test", "--runtime", "int8")
+    assert result.exit_code == 2
+    assert "--runtime int8 is for extract (it calibrates on training images); search with eager or onnx" \
+        in result.stderr
