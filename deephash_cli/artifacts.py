@@ -38,7 +38,7 @@ import shlex
 import sys
 import tempfile
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Mapping
 
@@ -1083,6 +1083,12 @@ class IndexItems:
 
     def __len__(self) -> int:
         return int(self.labels.shape[0])
+
+    def take(self, order: np.ndarray) -> "IndexItems":
+        """The items in ``order`` (positions into these items): every per-item field reordered together."""
+        values = {f.name: getattr(self, f.name) for f in fields(self)}
+        return IndexItems(**{name: value[order] if isinstance(value, np.ndarray) else value
+                             for name, value in values.items()})
 
 
 @dataclass

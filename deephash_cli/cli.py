@@ -927,8 +927,15 @@ def _index_types_help() -> str:
     return "; ".join(f"{name}: {what} ({cls})" for name, (_, cls, what) in INDEX_TYPES.items())
 
 
+def _tie_orders_help() -> str:
+    from deephash_cli.ties import TIE_ORDERS
+
+    return "; ".join(f"{name}: {what}" for name, what in TIE_ORDERS.items())
+
+
 @command("index")
 def index(
+    ctx: typer.Context,
     artifact: Path = typer.Argument(..., help="A codes, embeddings or features artifact to index; with --add, the "
                                     "index to extend." + STREAM_HELP),
     output: Optional[Path] = typer.Option(None, "-o", "--output", help="Output index artifact. Default: "
@@ -951,25 +958,35 @@ def index(
                                             "length)."),
     pq_m: Optional[int] = typer.Option(None, help="ivfpq: sub-quantisers, bytes per item (default the largest "
                                        "divisor of the dimension up to dim/8)."),
+    tie_order: str = typer.Option("shuffled", "--tie-order", help="The order items enter the index, which is "
+                                  "the order equal distances come back in. " + _tie_orders_help() + ". With "
+                                  "--add: the index's own (new items go after the old ones)."),
+    seed: int = typer.Option(0, help="Seed of --tie-order shuffled."),
     force: bool = typer.Option(False, help="Overwrite an existing output."),
 ) -> None:
     """Build a faiss index over a collection (the database splits of a codes/embeddings/features artifact), or
     --add newly extracted items to one. The index records the encoder that makes queries from images."""
     from deephash_cli.search_stages import run_index, run_index_add
+    from deephash_cli.ties import TIE_ORDERS
 
+    if tie_order not in TIE_ORDERS:
+        raise DeephashError(f"unknown --tie-order '{tie_order}'; valid: {', '.join(TIE_ORDERS)}")
+    if add is not None and (_given(ctx, "tie_order") or _given(ctx, "seed")):
+        raise DeephashError("--tie-order and --seed are fixed when the index is built; --add uses the index's own "
+                            "(see deephash info)")
     with _streams() as io:
         source = io.input(artifact)
         if add is not None:
             out = output or source
             summary = run_index_add(source, io.input(add), out, splits=splits, force=force)
-            stderr = f"added {summary['added']} items: {summary['items']} in the index"
+            stderr = f"added {summary['added']} items: {summary['items']} in the index (ties {summary['ties']})"
         else:
             out = output or _default_output(f"{io.stem(artifact)}.index-{index_type.replace(':', '-')}.h5")
             summary = run_index(source, out, splits=splits or "train,val", index_type=index_type, metric=metric,
                                 parameters=dict(nlist=nlist, hnsw_m=hnsw_m, nhash=nhash, hash_bits=hash_bits,
-                                                pq_m=pq_m), force=force)
-            stderr = (f"indexed {summary['items']} items ({summary['type']}, {summary['bytes']:,} bytes; train "
-                      f"{summary['train']:.2f} s, add {summary['add']:.2f} s)")
+                                                pq_m=pq_m), tie_order=tie_order, seed=seed, force=force)
+            stderr = (f"indexed {summary['items']} items ({summary['type']}, {summary['bytes']:,} bytes, ties "
+                      f"{summary['ties']}; train {summary['train']:.2f} s, add {summary['add']:.2f} s)")
         from deephash_cli.ui import stderr_console
 
         stderr_console().print(stderr)

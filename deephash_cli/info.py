@@ -15,7 +15,7 @@ import os
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
-from deephash_cli import artifacts, records
+from deephash_cli import artifacts, records, ties
 from deephash_cli.errors import DeephashError
 
 MAX_DEPTH = 64
@@ -335,7 +335,8 @@ def _index_lines(index: Mapping[str, Any]) -> list[str]:
              + (f"; {params}" if params else ""),
              f"  items     {index['items']:,} ({spec.get('trained_on', 0):,} when trained, "
              f"{spec.get('added_after_training', 0):,} added after training)",
-             f"  size      {index['bytes']:,} bytes of faiss index ({per_item:.1f} per item)"]
+             f"  size      {index['bytes']:,} bytes of faiss index ({per_item:.1f} per item)",
+             f"  ties      {_tie_order_line(spec)}"]
     for source in index.get("sources", []):
         lines.append(f"  source    {source.get('artifact')} [{source.get('split')}] {source.get('rows')} rows"
                      + (f", {source.get('dataset')}" if source.get("dataset") else "")
@@ -352,6 +353,14 @@ def _index_lines(index: Mapping[str, Any]) -> list[str]:
     for file in index.get("encoder_files", []):
         lines.append(f"  {file['role']:<9} {file['status']:<8} {file['path']}")
     return lines
+
+
+def _tie_order_line(spec: Mapping[str, Any]) -> str:
+    order, seed = ties.recorded(spec)
+    if order == "shuffled":
+        return (f"shuffled (seed {seed}): items entered in a seeded random order, so equal distances come back "
+                f"in random, reproducible order")
+    return "database order: equal distances come back lowest database position first"
 
 
 def statuses(info: Mapping[str, Any]) -> Iterable[str]:

@@ -13,7 +13,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from deephash_cli import artifacts, faiss_index
+from deephash_cli import artifacts, faiss_index, ties
 from deephash_cli.artifacts import IndexItems
 from deephash_cli.errors import DeephashError
 from deephash_cli.faiss_index import IndexSpec
@@ -109,12 +109,16 @@ def _anchor_files(encoder: dict[str, Any], anchor: Path) -> None:
 
 
 def run_index(artifact_path: Path, output: Path, *, splits: str, index_type: str, metric: str | None,
-              parameters: dict[str, Any], force: bool) -> dict[str, Any]:
+              parameters: dict[str, Any], tie_order: str, seed: int, force: bool) -> dict[str, Any]:
     """Build a faiss index over the database splits of a codes/embeddings/features artifact.
 
-    ``metric`` None: hamming for codes, l2 (evaluate's default distance) for floats."""
+    ``metric`` None: hamming for codes, l2 (evaluate's default distance) for floats. ``tie_order``
+    (``ties.TIE_ORDERS``): the order the items enter the index, which is the order ties come back in."""
     artifacts.check_output(output, force)
     database = load_database(artifact_path, splits, output)
+    order = ties.item_order(len(database.items), tie_order, seed)
+    if order is not None:
+        database.items = database.items.take(order)
     binary = database.kind == "codes"
     metric = metric or ("hamming" if binary else "l2")
     if binary != (metric == "hamming"):
@@ -132,12 +136,14 @@ def run_index(artifact_path: Path, output: Path, *, splits: str, index_type: str
     seconds = {"train": round(trained - start, 3), "add": round(time.perf_counter() - trained, 3)}
     serialized = faiss_index.serialize(index)
     state = {**spec.to_dict(), "ntotal": int(index.ntotal), "trained_on": len(database.items),
-             "added_after_training": 0, "faiss_class": type(index).__name__, "bytes": int(serialized.size)}
+             "added_after_training": 0, "faiss_class": type(index).__name__, "bytes": int(serialized.size),
+             "tie_order": tie_order, "tie_seed": seed if order is not None else None}
     config = {"stage": "index", "splits": [s["split"] for s in database.sources], "kind": database.kind,
               "index": state, "seconds": seconds}
     _write(output, database.class_names, config, state, serialized, database.items, database.encoder,
            database.sources, parent=artifact_path, force=force)
-    return {"items": int(index.ntotal), "bytes": int(serialized.size), "type": spec.type, **seconds}
+    return {"items": int(index.ntotal), "bytes": int(serialized.size), "type": spec.type,
+            "ties": ties.describe(state), **seconds}
 
 
 def _write(output: Path, class_names: list[str], config: dict[str, Any], state: dict[str, Any],
@@ -152,7 +158,10 @@ def _write(output: Path, class_names: list[str], config: dict[str, Any], state: 
 
 def run_index_add(index_path: Path, new_path: Path, output: Path, *, splits: str | None,
                   force: bool) -> dict[str, Any]:
-    """Append the items of another artifact (made later, by the same encoder) to an index; written atomically."""
+    """Append the items of another artifact (made later, by the same encoder) to an index; written atomically.
+
+    The new items come after the old ones (so ties between old and new items favour old ones); a shuffled
+    index shuffles them among themselves with its own seed."""
     from deephash_cli.encoders import differences
 
     if output != index_path:
@@ -175,6 +184,10 @@ def run_index_add(index_path: Path, new_path: Path, output: Path, *, splits: str
             class_names.append(name)
         remap.append(class_names.index(name))
     new = database.items
+    tie_order, seed = ties.recorded(stored.spec)
+    order = ties.item_order(len(new), tie_order, seed or 0)
+    if order is not None:
+        new = new.take(order)
     offset = len(stored.sources)
     faiss_index.add(index, spec, new.vectors)
     old = stored.items
@@ -197,7 +210,7 @@ def run_index_add(index_path: Path, new_path: Path, output: Path, *, splits: str
     inherit = {key: stored.attrs[key] for key in ("parent", "parent_sha256") if key in stored.attrs}
     _write(output, class_names, config, state, serialized, items, stored.encoder,
            stored.sources + database.sources, parent=None, force=True, inherit=inherit)
-    return {"items": int(index.ntotal), "added": len(new)}
+    return {"items": int(index.ntotal), "added": len(new), "ties": ties.describe(state)}
 
 
 # --------------------------------------------------------------------------- search

@@ -199,11 +199,12 @@ def test_shards_of_extract_model_merge_to_the_one_process_artifact(cnn, produces
     merged = read_artifact(f"{produces}.merged.h5")
     assert merged.kind == produces and merged.config["model"] == model and merged.attrs["parent"] == model
     assert_same_as_one_process(f"{produces}.merged.h5", f"{produces}.single.h5")
-    # index --add accepts the other shards: one encoder (the model's SHA-256), whatever the shard
-    ok("index", parts[0], "-o", f"{produces}.index.h5")
+    # index --add accepts the other shards: one encoder (the model's SHA-256), whatever the shard; in database
+    # order, shard 0 plus the others added hold the merged artifact's items in its order
+    ok("index", parts[0], "-o", f"{produces}.index.h5", "--tie-order", "database")
     for part in parts[1:]:
         ok("index", f"{produces}.index.h5", "--add", part, "--splits", "train")
-    ok("index", f"{produces}.merged.h5", "-o", f"{produces}.merged.index.h5")
+    ok("index", f"{produces}.merged.h5", "-o", f"{produces}.merged.index.h5", "--tie-order", "database")
     runner = CliRunner()
     assert _search(runner, f"{produces}.index.h5", f"{produces}.single.h5") == \
         _search(runner, f"{produces}.merged.index.h5", f"{produces}.single.h5")
@@ -332,12 +333,17 @@ def _search(runner, index, queries):
 def test_indexes_of_merged_shards_answer_like_one_process(runner, digits, tmp_path):
     root, parts = digits
     ok("merge", *parts, "-o", tmp_path / "merged.h5")
-    ok("index", root / "single.h5", "-o", tmp_path / "single.index.h5")
-    ok("index", tmp_path / "merged.h5", "-o", tmp_path / "merged.index.h5")
+    ok("index", root / "single.h5", "-o", tmp_path / "single.index.h5", "--tie-order", "database")
+    ok("index", tmp_path / "merged.h5", "-o", tmp_path / "merged.index.h5", "--tie-order", "database")
     reference = _search(runner, tmp_path / "single.index.h5", root / "single.h5")
     assert _search(runner, tmp_path / "merged.index.h5", root / "single.h5") == reference
+    # Shuffled (the default): the same items get the same seeded order, so the same answers too.
+    ok("index", root / "single.h5", "-o", tmp_path / "single.shuffled.h5")
+    ok("index", tmp_path / "merged.h5", "-o", tmp_path / "merged.shuffled.h5")
+    assert _search(runner, tmp_path / "merged.shuffled.h5", root / "single.h5") == \
+        _search(runner, tmp_path / "single.shuffled.h5", root / "single.h5")
     # Shard 0's index, then the other shards' train splits added: the same items in the same order.
-    ok("index", parts[0], "-o", tmp_path / "grown.index.h5")
+    ok("index", parts[0], "-o", tmp_path / "grown.index.h5", "--tie-order", "database")
     for part in parts[1:]:
         ok("index", tmp_path / "grown.index.h5", "--add", part, "--splits", "train")
     assert _search(runner, tmp_path / "grown.index.h5", root / "single.h5") == reference
