@@ -989,7 +989,7 @@ def index(
                       f"{summary['ties']}; train {summary['train']:.2f} s, add {summary['add']:.2f} s)")
         from deephash_cli.ui import stderr_console
 
-        stderr_console().print(stderr)
+        stderr_console().print(stderr, soft_wrap=True)
         typer.echo(str(out))
 
 
@@ -1013,6 +1013,10 @@ def search(
                                             "the same (thumbnails in DIR/thumbs)."),
     check_recall: bool = typer.Option(False, "--check-recall", help="Print recall@k against exact (flat) search "
                                       "over the stored item vectors (Hamming: ties at the k-th distance count)."),
+    tie_counts: bool = typer.Option(True, "--tie-counts/--no-tie-counts", help="Flat indexes: count the items at "
+                                    "exactly the k-th result's distance and closer (JSON tied_at_kth, "
+                                    "closer_than_kth; a line under the table, grid and page when the k results "
+                                    "are a choice among tied items). One more scan of the index per query."),
     skip_corrupt: bool = typer.Option(False, help="Leave out query images that fail to decode (warned) instead of "
                                       "stopping at the first."),
     batch_size: int = typer.Option(64, help="Query images per forward pass."),
@@ -1037,7 +1041,8 @@ def search(
             raise DeephashError(f"{target} exists; pass --force to overwrite it")
     result = run_search(index_file, images=list(images or []), queries_path=queries, query_split=query_split, k=k,
                         nprobe=nprobe, ef=ef, nflip=nflip, skip_corrupt=skip_corrupt, check_recall=check_recall,
-                        batch_size=batch_size, device=resolve_device(device), runtime=runtime)
+                        batch_size=batch_size, device=resolve_device(device), runtime=runtime,
+                        tie_counts=tie_counts)
     if as_json:
         for query in result["queries"]:
             typer.echo(json.dumps(query))

@@ -13,9 +13,10 @@ Index types (``INDEX_TYPES`` lists them with the faiss class each maps to): bina
 (``factory:IVF1024,PQ16``, or ``factory:BIVF256`` for codes) for experts.
 
 Tie order of exact (flat) search: the binary flat index runs faiss's counting k-selection
-(``use_heap = False``), which keeps, per distance, the lowest database ids first; so results are sorted
-by (distance, database position), the same order as a stable sort of the evaluation path's distances.
-Float flat results are re-sorted by (distance, id) too.
+(``use_heap = False``), which keeps, per distance, the lowest ids first; so results are sorted by
+(distance, id), the same order as a stable sort of the evaluation path's distances over the index's item
+order. Float flat results are re-sorted by (distance, id) too. Which item gets which id is the caller's
+choice (``index --tie-order``: ties.py). ``count_ties`` says how many items share the k-th distance.
 """
 
 from __future__ import annotations
@@ -282,6 +283,58 @@ def search(index, queries: np.ndarray, k: int, *, nprobe: int | None = None, ef:
         order = _tie_order(-distances if larger_first else distances, ids)
         distances, ids = np.take_along_axis(distances, order, 1), np.take_along_axis(ids, order, 1)
     return distances, ids
+
+
+#: Range-search results held at once while counting ties (about 12 bytes each): bounds the memory of a query
+#: whose k-th distance is shared by a large part of the index.
+TIE_COUNT_RESULTS = 1 << 23
+
+
+def count_ties(index, spec: IndexSpec, queries: np.ndarray, raw: np.ndarray, ids: np.ndarray
+               ) -> tuple[np.ndarray, np.ndarray]:
+    """Per query, over every item of a flat index: (items strictly closer than the k-th result, items at
+    exactly the k-th result's distance); ``raw``/``ids`` are ``search``'s answer for ``queries`` (prepared).
+
+    faiss's range search finds the items within the k-th distance (queries in chunks sorted by it, at most
+    ``TIE_COUNT_RESULTS`` results per chunk), then they are counted. Codes: exact integer Hamming distances.
+    Floats: the candidates come from a slightly wider radius and are compared with the range search's own
+    distance of the k-th result, so the count is one computation's exact equality (duplicate vectors tie).
+    """
+    faiss = faiss_module()
+    if not spec.is_exact:
+        raise DeephashError(f"tie counts need an exact (flat) index, not {spec.type}")
+    n = len(queries)
+    kth, kth_id = raw[:, -1], ids[:, -1]
+    similarity = not spec.binary and index.metric_type == faiss.METRIC_INNER_PRODUCT  # larger is closer
+    closer, tied = np.zeros(n, dtype=np.int64), np.zeros(n, dtype=np.int64)
+    if n == 0:
+        return closer, tied
+    norms = None if spec.binary else np.einsum("ij,ij->i", queries, queries)
+    order = np.argsort(-kth if similarity else kth, kind="stable")
+    step = max(1, TIE_COUNT_RESULTS // max(int(index.ntotal), 1))
+    for start in range(0, n, step):
+        chunk = order[start:start + step]
+        if spec.binary:
+            radius = int(kth[chunk].max()) + 1  # range search keeps distance < radius
+        elif similarity:
+            low = float(kth[chunk].min())  # keeps similarity > radius
+            radius = low - 1e-4 * max(abs(low), 1.0)
+        else:
+            high = float(kth[chunk].max())  # margin far above float32 rounding of |q|² + |y|² − 2⟨q, y⟩
+            radius = high + 1e-4 * (high + float(norms[chunk].max())) + 1e-12
+        lims, found, found_ids = _checked(lambda: index.range_search(queries[chunk], radius), "counting ties")
+        owner = np.repeat(np.arange(len(chunk)), np.diff(lims.astype(np.int64)))
+        reference = kth[chunk].copy()
+        if not spec.binary:
+            own = np.flatnonzero(found_ids == kth_id[chunk][owner])
+            reference[owner[own]] = found[own]  # the range search's distance of the k-th result itself
+        if similarity:
+            is_closer = found > reference[owner]
+        else:
+            is_closer = found < reference[owner]
+        closer[chunk] = np.bincount(owner[is_closer], minlength=len(chunk))
+        tied[chunk] = np.bincount(owner[found == reference[owner]], minlength=len(chunk))
+    return closer, tied
 
 
 def _tie_order(distances: np.ndarray, ids: np.ndarray) -> np.ndarray:

@@ -1,7 +1,9 @@
 """Pictures of search results: a PNG grid (``search --grid``) and a static HTML page (``search --html``).
 
 Each query is one row: the query image, then its k results with the class name (and distance) under each;
-when the query's class is known each result gets a green (same class) or red (other class) frame.
+when the query's class is known each result gets a green (same class) or red (other class) frame. When the
+k results are a choice among items tied at the k-th distance (flat indexes count them), the query says so:
+"8 of 412 tied at distance 0".
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from typing import Any, Callable
 
 from PIL import Image, ImageOps
 
+from deephash_cli import ties
 from deephash_cli.artifacts import make_public
 from deephash_cli.errors import DeephashError
 from deephash_cli.ui import warn
@@ -42,8 +45,8 @@ def _framed(image: Image.Image, colour: tuple[int, int, int] | None, width: int 
                            fill=colour)
 
 
-def cells(result: dict[str, Any], images) -> list[tuple[Image.Image, str, list[tuple[Image.Image, str]]]]:
-    """Per query: (query thumbnail, caption, [(framed result thumbnail, caption)])."""
+def cells(result: dict[str, Any], images) -> list[tuple[Image.Image, list[str], list[tuple[Image.Image, str]]]]:
+    """Per query: (query thumbnail, caption lines, [(framed result thumbnail, caption)])."""
     stored = result["_stored"]
     rows = []
     for query, answer in zip(result["_queries"], result["queries"]):
@@ -55,7 +58,10 @@ def cells(result: dict[str, Any], images) -> list[tuple[Image.Image, str, list[t
             colour = None if row["relevant"] is None else (GREEN if row["relevant"] else RED)
             distance = f"{row['distance']}" if isinstance(row["distance"], int) else f"{row['distance']:.3g}"
             shown.append((_framed(_thumbnail(opener), colour), f"{row['class']} ({distance})"))
-        caption = "query" + (f": {answer['class']}" if answer["class"] is not None else "")
+        caption = ["query" + (f": {answer['class']}" if answer["class"] is not None else "")]
+        tie = ties.caption(answer)
+        if tie is not None:
+            caption.append(tie)
         rows.append((_thumbnail(query.image), caption, shown))
     return rows
 
@@ -89,7 +95,7 @@ def save_grid(result: dict[str, Any], output: Path, *, force: bool, max_queries:
                 spine.set_visible(False)
             if c == 0:
                 axis.imshow(query_image)
-                axis.set_xlabel(caption, fontsize=7, fontweight="bold")
+                axis.set_xlabel("\n".join(caption), fontsize=7 if len(caption) == 1 else 6, fontweight="bold")
             elif c - 1 < len(shown):
                 image, text = shown[c - 1]
                 axis.imshow(image)
@@ -114,11 +120,13 @@ def save_html(result: dict[str, Any], folder: Path, *, force: bool) -> Path:
              "<style>body{font-family:sans-serif}td{text-align:center;font-size:11px;vertical-align:top}"
              "img{display:block;margin:auto}</style>",
              f"<h1>deephash search</h1><p>{html.escape(str(result['index']))}: {result['items']} items, "
-             f"{html.escape(result['type'])} index, {html.escape(result['metric'])}, k = {result['k']}</p><table>"]
+             f"{html.escape(result['type'])} index, {html.escape(result['metric'])}, k = {result['k']}, tie order "
+             f"{html.escape(str(result.get('tie_order')))}</p><table>"]
     for q, (query_image, caption, shown) in enumerate(cells(result, ItemImages())):
         answer = result["queries"][q]
-        cells_html = [f"<td>{_image_tag(query_image, thumbs / f'q{q}.png')}<b>{html.escape(caption)}</b><br>"
-                      f"{html.escape(answer['query'])}</td>"]
+        extra = "".join(f"<br><i>{html.escape(line)}</i>" for line in caption[1:])
+        cells_html = [f"<td>{_image_tag(query_image, thumbs / f'q{q}.png')}<b>{html.escape(caption[0])}</b><br>"
+                      f"{html.escape(answer['query'])}{extra}</td>"]
         for j, ((image, text), row) in enumerate(zip(shown, answer["results"])):
             cells_html.append(f"<td>{_image_tag(image, thumbs / f'q{q}_{j}.png')}{html.escape(text)}<br>"
                               f"<small>{html.escape(row['path'])}</small></td>")

@@ -302,8 +302,12 @@ def _query_images(files: list[Path], stored: artifacts.IndexArtifact, *, batch_s
 
 def run_search(index_path: Path, *, images: list[str], queries_path: Path | None, query_split: str, k: int,
                nprobe: int | None, ef: int | None, nflip: int | None, skip_corrupt: bool, check_recall: bool,
-               batch_size: int, device: Any, runtime: str = "eager") -> dict[str, Any]:
-    """Answer queries (image files/folders, or a split of an artifact) with the index's k nearest items."""
+               batch_size: int, device: Any, runtime: str, tie_counts: bool) -> dict[str, Any]:
+    """Answer queries (image files/folders, or a split of an artifact) with the index's k nearest items.
+
+    ``tie_counts``: flat indexes also count, per query, the items at exactly the k-th result's distance
+    (``tied_at_kth``) and closer (``closer_than_kth``); approximate indexes never do (their k-th result need
+    not be the true k-th, and counting would be the exhaustive scan they exist to avoid)."""
     from deephash_cli.encoders import expand_queries
     from deephash_cli.runtimes import NEEDS_CALIBRATION, RUNTIMES
 
@@ -338,9 +342,13 @@ def run_search(index_path: Path, *, images: list[str], queries_path: Path | None
     raw, ids = faiss_index.search(index, prepared, k, nprobe=nprobe, ef=ef, nflip=nflip)
     distances = faiss_index.to_distances(spec, raw)
     searched = time.perf_counter()
+    counted = tie_counts and spec.is_exact
+    closer, tied = faiss_index.count_ties(index, spec, prepared, raw, ids) if counted else (None, None)
     result: dict[str, Any] = {"index": str(index_path), "type": spec.type, "metric": spec.metric, "k": k,
-                              "items": ntotal, "queries": [],
+                              "items": ntotal, "tie_order": ties.describe(stored.spec), "queries": [],
                               "seconds": {"encode": round(encoded - start, 4), "search": round(searched - encoded, 4)}}
+    if counted:
+        result["seconds"]["ties"] = round(time.perf_counter() - searched, 4)
     if check_recall:
         result["recall"] = _recall(stored, spec, prepared, distances, ids, k)
     items = stored.items
@@ -356,9 +364,11 @@ def run_search(index_path: Path, *, images: list[str], queries_path: Path | None
                          "label": label, "class": stored.class_names[label],
                          "distance": int(distance) if spec.binary else float(distance),
                          "split": source.get("split"), "relevant": None if query.label is None else label == query.label})
-        result["queries"].append({"query": query.name, "label": query.label,
-                                  "class": None if query.label is None else stored.class_names[query.label],
-                                  "results": rows})
+        answer = {"query": query.name, "label": query.label,
+                  "class": None if query.label is None else stored.class_names[query.label], "results": rows}
+        if counted:
+            answer.update(tied_at_kth=int(tied[q]), closer_than_kth=int(closer[q]))
+        result["queries"].append(answer)
     result["_queries"] = queries  # image openers for grids (not JSON)
     result["_stored"] = stored
     return result
@@ -387,7 +397,8 @@ def print_recall(result: dict[str, Any]) -> None:
 
 
 def print_results(result: dict[str, Any], echo: Callable[[str], None]) -> None:
-    """The readable view: one small table per query (rank, path, class, distance)."""
+    """The readable view: one small table per query (rank, path, class, distance), with a line under it when
+    the k results are a choice among items tied at the k-th distance (``ties.table_line``)."""
     for q, query in enumerate(result["queries"], start=1):
         known = f" (class {query['class']})" if query["class"] is not None else ""
         echo(f"query {q}: {query['query']}{known}")
@@ -397,3 +408,6 @@ def print_results(result: dict[str, Any], echo: Callable[[str], None]) -> None:
             mark = "" if row["relevant"] is None else (" +" if row["relevant"] else " -")
             distance = f"{row['distance']}" if isinstance(row["distance"], int) else f"{row['distance']:.4f}"
             echo(f"  {row['rank']:>4}  {row['path']:<{width}}  {row['class']:<12} {distance}{mark}")
+        line = ties.table_line(query)
+        if line is not None:
+            echo(f"  {line}")

@@ -10,7 +10,9 @@ hundreds at distance 0), and a flat index returns tied items in its item order. 
 * ``database``: the items enter in database order (``--splits``, then the artifact's rows); an image folder
   is sorted by class, so ties favour the classes whose names sort first.
 
-No I/O, no faiss.
+``search`` reports, for flat indexes, how many items lie at exactly the k-th result's distance and how
+many closer (the counting itself is faiss's: ``faiss_index.count_ties``); ``table_line`` and ``caption``
+phrase it when the k results are a choice among tied items. No I/O, no faiss.
 """
 
 from __future__ import annotations
@@ -49,3 +51,37 @@ def describe(spec: Mapping[str, Any]) -> str:
     """``shuffled (seed 0)`` or ``database``."""
     order, seed = recorded(spec)
     return f"{order} (seed {seed})" if order == "shuffled" else order
+
+
+def _choice(answer: Mapping[str, Any]) -> tuple[int, int, int, int | float] | None:
+    """(k, closer, tied, k-th distance) of one query's answer (``search``'s JSON object) when its k results
+    are a choice among tied items: the tie at the k-th distance extends beyond k. None otherwise, and for
+    answers without tie counts (approximate indexes)."""
+    rows = answer.get("results") or []
+    closer, tied = answer.get("closer_than_kth"), answer.get("tied_at_kth")
+    if not rows or closer is None or tied is None or closer + tied <= len(rows):
+        return None
+    return len(rows), int(closer), int(tied), rows[-1]["distance"]
+
+
+def _distance_text(distance: int | float) -> str:
+    return f"{distance}" if isinstance(distance, int) else f"{distance:.4f}"
+
+
+def table_line(answer: Mapping[str, Any]) -> str | None:
+    """``ranks 1-8 drawn from 412 items tied at distance 0`` (None when the k results are not a choice)."""
+    choice = _choice(answer)
+    if choice is None:
+        return None
+    k, closer, tied, distance = choice
+    ranks = f"rank {k}" if closer + 1 == k else f"ranks {closer + 1}-{k}"
+    return f"{ranks} drawn from {tied} items tied at distance {_distance_text(distance)}"
+
+
+def caption(answer: Mapping[str, Any]) -> str | None:
+    """``8 of 412 tied at distance 0``, for grids and pages (None when the k results are not a choice)."""
+    choice = _choice(answer)
+    if choice is None:
+        return None
+    k, closer, tied, distance = choice
+    return f"{k - closer} of {tied} tied at distance {_distance_text(distance)}"
