@@ -971,6 +971,8 @@ def index(
 
     if tie_order not in TIE_ORDERS:
         raise DeephashError(f"unknown --tie-order '{tie_order}'; valid: {', '.join(TIE_ORDERS)}")
+    if seed < 0:
+        raise DeephashError(f"--seed must be an integer ≥ 0, got {seed}")
     if add is not None and (_given(ctx, "tie_order") or _given(ctx, "seed")):
         raise DeephashError("--tie-order and --seed are fixed when the index is built; --add uses the index's own "
                             "(see deephash info)")

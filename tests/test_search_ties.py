@@ -294,5 +294,7 @@ def test_unknown_tie_order_is_one_line_listing_the_choices(runner, tmp_path):
     result = invoke(runner, "index", path, "-o", tmp_path / "i.h5", "--tie-order", "random")
     assert result.exit_code == 2 and "unknown --tie-order 'random'; valid: shuffled, database" in result.stderr
     assert not (tmp_path / "i.h5").exists()
+    result = invoke(runner, "index", path, "-o", tmp_path / "i.h5", "--seed", "-1")
+    assert result.exit_code == 2 and "--seed must be an integer ≥ 0, got -1" in result.stderr
     help_text = " ".join(re.sub(r"[│╭╮╰╯─]", " ", run_ok(runner, "index", "--help").stdout).split())
     assert "shuffled: items enter the index in a seeded random order" in help_text and "database: items" in help_text
