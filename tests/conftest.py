@@ -11,6 +11,18 @@ from deephash_cli.artifacts import ArtifactWriter, Split
 from deephash_cli.cli import app
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """One torch intra-op thread for a module (CNN tests: the CPU is shared, and 2 threads on a busy machine are
+    many times slower). Use with ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture
 def runner() -> CliRunner:
     return CliRunner()

@@ -136,7 +136,7 @@ def test_metric_list_shorthand():
     assert _parse_metrics("MAP@R,map@5,10")[0] == [5, 10]
 
 
-def test_finetune_margin_loss_on_the_class_split_checkpoints_beta(runner, tmp_path):
+def test_finetune_margin_loss_on_the_class_split_checkpoints_beta(runner, tmp_path, one_thread):
     import torch
     import torchvision
 
@@ -153,15 +153,10 @@ def test_finetune_margin_loss_on_the_class_split_checkpoints_beta(runner, tmp_pa
         model.train()(torch.randn(8, 3, 16, 16))
     torch.save(model.state_dict(), tmp_path / "init.pth")
     out = tmp_path / "m.model.h5"
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        result = invoke(runner, "finetune", "--dataset", "imagefolder", "--data-dir", root, "--weights",
-                        tmp_path / "init.pth", "--image-size", "16", "--classes-per-batch", "2", "--samples-per-class",
-                        "2", "--val-fraction", "0.25", "--dim", "8", "--device", "cpu", "--epochs", "1", "--split",
-                        "classes", "--loss", "margin", "--miner", "distance-weighted", "--beta-lr", "0.01", "-o", out)
-    finally:
-        torch.set_num_threads(threads)
+    result = invoke(runner, "finetune", "--dataset", "imagefolder", "--data-dir", root, "--weights",
+                    tmp_path / "init.pth", "--image-size", "16", "--classes-per-batch", "2", "--samples-per-class",
+                    "2", "--val-fraction", "0.25", "--dim", "8", "--device", "cpu", "--epochs", "1", "--split",
+                    "classes", "--loss", "margin", "--miner", "distance-weighted", "--beta-lr", "0.01", "-o", out)
     assert result.exit_code == 0, result.output
     config = read_header(out)["config"]
     assert config["fingerprint"]["split"] == "classes" and config["fingerprint"]["beta_lr"] == 0.01

@@ -24,13 +24,7 @@ from tests.conftest import invoke
 COLOURS = [(220, 40, 40), (40, 200, 60), (40, 60, 220)]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One intra-op thread: the CPU is shared, and 2 threads on a busy machine are many times slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

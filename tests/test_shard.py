@@ -26,13 +26,7 @@ PROVENANCE = {"created", "command", "extraction", "merged_from"}
 DIGITS = ("--dataset", "digits", "--backbone", "pixels", "--limit-per-class", "2", "--batch-size", "3")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One intra-op thread: the CPU is shared."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def ok(*args):
