@@ -458,6 +458,17 @@ def run_float(args, summary):
         ntrain = min(n, max(args.float_train, 50 * nlist))
         return xb[np.sort(train_rng.choice(n, ntrain, replace=False))], ntrain
 
+    def sweep(name, index, values, apply, params, first_note, t_build, bpi, rss):
+        """Search ``index`` at each of ``values`` (``apply(v)`` sets it): one table row each."""
+        for value in values:
+            apply(value)
+            t, (D, I), calls = best_of(lambda: index.search(xq, k), args.repeat, give_up_after=t_flat)
+            notes = first_note if value == values[0] else ""
+            if calls < args.repeat:
+                notes += f"{'; ' if notes else ''}1 call only (slower than flat)"
+            table.add(index=name, params=params(value), build=t_build, bpi=bpi, rss=rss, qps=nq / t,
+                      recall=float_recall(I_true, I, k), notes=notes)
+
     # IVFFlat
     nlist = args.float_nlist
     sample, ntrain = train_sample(nlist)
@@ -472,14 +483,8 @@ def run_float(args, summary):
     rss = (heap_bytes() - r0) / n
     bpi = faiss.serialize_index(ivf).size / ivf.ntotal
     summary["float_bpi"][f"IndexIVFFlat nlist={nlist}"] = (bpi, rss)
-    for nprobe in args.float_nprobe:
-        ivf.nprobe = nprobe
-        t, (D, I), calls = best_of(lambda: ivf.search(xq, k), args.repeat, give_up_after=t_flat)
-        notes = f"train {t_train:.1f} s on {ntrain:,}" if nprobe == args.float_nprobe[0] else ""
-        if calls < args.repeat:
-            notes += f"{'; ' if notes else ''}1 call only (slower than flat)"
-        table.add(index="IndexIVFFlat", params=f"nlist={nlist}, nprobe={nprobe}", build=t_build, bpi=bpi, rss=rss,
-                  qps=nq / t, recall=float_recall(I_true, I, k), notes=notes)
+    sweep("IndexIVFFlat", ivf, args.float_nprobe, lambda v: setattr(ivf, "nprobe", v),
+          lambda v: f"nlist={nlist}, nprobe={v}", f"train {t_train:.1f} s on {ntrain:,}", t_build, bpi, rss)
     del ivf
 
     # HNSWFlat
@@ -493,14 +498,8 @@ def run_float(args, summary):
     rss = (heap_bytes() - r0) / n
     bpi = faiss.serialize_index(hnsw).size / hnsw.ntotal
     summary["float_bpi"][f"IndexHNSWFlat M={M}"] = (bpi, rss)
-    for ef in args.ef:
-        hnsw.hnsw.efSearch = ef
-        t, (D, I), calls = best_of(lambda: hnsw.search(xq, k), args.repeat, give_up_after=t_flat)
-        notes = f"efConstruction={args.hnsw_ef_construction}" if ef == args.ef[0] else ""
-        if calls < args.repeat:
-            notes += f"{'; ' if notes else ''}1 call only (slower than flat)"
-        table.add(index="IndexHNSWFlat", params=f"M={M}, efSearch={ef}", build=t_build, bpi=bpi, rss=rss,
-                  qps=nq / t, recall=float_recall(I_true, I, k), notes=notes)
+    sweep("IndexHNSWFlat", hnsw, args.ef, lambda v: setattr(hnsw.hnsw, "efSearch", v),
+          lambda v: f"M={M}, efSearch={v}", f"efConstruction={args.hnsw_ef_construction}", t_build, bpi, rss)
     del hnsw
 
     # IVFPQ
@@ -517,14 +516,9 @@ def run_float(args, summary):
     rss = (heap_bytes() - r0) / n
     bpi = faiss.serialize_index(pq).size / pq.ntotal
     summary["float_bpi"][f"IndexIVFPQ nlist={nlist} m={m}x8"] = (bpi, rss)
-    for nprobe in args.float_nprobe:
-        pq.nprobe = nprobe
-        t, (D, I), calls = best_of(lambda: pq.search(xq, k), args.repeat, give_up_after=t_flat)
-        notes = f"train {t_train:.1f} s on {ntrain:,}; PQ distances, no re-ranking" if nprobe == args.float_nprobe[0] else ""
-        if calls < args.repeat:
-            notes += f"{'; ' if notes else ''}1 call only (slower than flat)"
-        table.add(index="IndexIVFPQ", params=f"nlist={nlist}, m={m}, nbits=8, nprobe={nprobe}", build=t_build,
-                  bpi=bpi, rss=rss, qps=nq / t, recall=float_recall(I_true, I, k), notes=notes)
+    sweep("IndexIVFPQ", pq, args.float_nprobe, lambda v: setattr(pq, "nprobe", v),
+          lambda v: f"nlist={nlist}, m={m}, nbits=8, nprobe={v}",
+          f"train {t_train:.1f} s on {ntrain:,}; PQ distances, no re-ranking", t_build, bpi, rss)
     del pq
     table.print(flat_qps)
 

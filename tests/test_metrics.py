@@ -72,11 +72,8 @@ def naive_query_metrics(dist: list, rel: list[int], map_ks, prec_ks, knn_k, db_l
     return ap, ap_opt, ap_pess, ap_at, prec, winner
 
 
-def naive_evaluate(dist_matrix, q_labels, db_labels, map_ks=(), prec_ks=(), knn_k=3):
-    rows = []
-    for i in range(len(q_labels)):
-        rel = [int(db_labels[j] == q_labels[i]) for j in range(len(db_labels))]
-        rows.append(naive_query_metrics(list(dist_matrix[i]), rel, map_ks, prec_ks, knn_k, list(db_labels)))
+def mean_of_rows(rows, q_labels, map_ks, prec_ks):
+    """Per-query rows (map, optimistic, pessimistic, map@K, precision@K, kNN vote) -> the evaluate() summary."""
     mean = lambda xs: sum(xs) / len(xs)  # noqa: E731
     return {
         "map": mean([r[0] for r in rows]),
@@ -86,6 +83,14 @@ def naive_evaluate(dist_matrix, q_labels, db_labels, map_ks=(), prec_ks=(), knn_
         "precision_at": {K: mean([r[4][K] for r in rows]) for K in prec_ks},
         "knn_accuracy": mean([float(r[5] == q_labels[i]) for i, r in enumerate(rows)]),
     }
+
+
+def naive_evaluate(dist_matrix, q_labels, db_labels, map_ks=(), prec_ks=(), knn_k=3):
+    rows = []
+    for i in range(len(q_labels)):
+        rel = [int(db_labels[j] == q_labels[i]) for j in range(len(db_labels))]
+        rows.append(naive_query_metrics(list(dist_matrix[i]), rel, map_ks, prec_ks, knn_k, list(db_labels)))
+    return mean_of_rows(rows, q_labels, map_ks, prec_ks)
 
 
 def naive_hamming(a_bits, b_bits):
@@ -610,15 +615,7 @@ def closed_form_evaluate(dist_matrix, q_labels, db_labels, map_ks, prec_ks, knn_
         labels = [int(db_labels[j]) for j in cols]
         rel = [int(lab == q_labels[i]) for lab in labels]
         rows.append(closed_form_query_metrics(dist, rel, map_ks, prec_ks) + (naive_knn(dist, knn_k, labels),))
-    mean = lambda xs: sum(xs) / len(xs)  # noqa: E731
-    return {
-        "map": mean([r[0] for r in rows]),
-        "map_optimistic": mean([r[1] for r in rows]),
-        "map_pessimistic": mean([r[2] for r in rows]),
-        "map_at": {K: mean([r[3][K] for r in rows]) for K in map_ks},
-        "precision_at": {K: mean([r[4][K] for r in rows]) for K in prec_ks},
-        "knn_accuracy": mean([float(r[5] == q_labels[i]) for i, r in enumerate(rows)]),
-    }
+    return mean_of_rows(rows, q_labels, map_ks, prec_ks)
 
 
 def float32_distances(q, db, distance):
