@@ -469,19 +469,23 @@ def run_float(args, summary):
             table.add(index=name, params=params(value), build=t_build, bpi=bpi, rss=rss, qps=nq / t,
                       recall=float_recall(I_true, I, k), notes=notes)
 
+    def build(make, sample=None):
+        """``make()``'s index trained on ``sample`` (if any) and filled with ``xb``: index, seconds, bytes per item."""
+        r0 = heap_bytes()
+        t0 = time.perf_counter()
+        index = make()
+        if sample is not None:
+            index.train(sample)
+        t_train = time.perf_counter() - t0
+        index.add(xb)
+        t_build = time.perf_counter() - t0
+        rss = (heap_bytes() - r0) / n
+        return index, t_train, t_build, faiss.serialize_index(index).size / index.ntotal, rss
+
     # IVFFlat
     nlist = args.float_nlist
     sample, ntrain = train_sample(nlist)
-    r0 = heap_bytes()
-    t0 = time.perf_counter()
-    quant = faiss.IndexFlatL2(d)
-    ivf = faiss.IndexIVFFlat(quant, d, nlist)
-    ivf.train(sample)
-    t_train = time.perf_counter() - t0
-    ivf.add(xb)
-    t_build = time.perf_counter() - t0
-    rss = (heap_bytes() - r0) / n
-    bpi = faiss.serialize_index(ivf).size / ivf.ntotal
+    ivf, t_train, t_build, bpi, rss = build(lambda: faiss.IndexIVFFlat(faiss.IndexFlatL2(d), d, nlist), sample)
     summary["float_bpi"][f"IndexIVFFlat nlist={nlist}"] = (bpi, rss)
     sweep("IndexIVFFlat", ivf, args.float_nprobe, lambda v: setattr(ivf, "nprobe", v),
           lambda v: f"nlist={nlist}, nprobe={v}", f"train {t_train:.1f} s on {ntrain:,}", t_build, bpi, rss)
@@ -489,14 +493,13 @@ def run_float(args, summary):
 
     # HNSWFlat
     M = args.float_hnsw_m
-    r0 = heap_bytes()
-    t0 = time.perf_counter()
-    hnsw = faiss.IndexHNSWFlat(d, M)
-    hnsw.hnsw.efConstruction = args.hnsw_ef_construction
-    hnsw.add(xb)
-    t_build = time.perf_counter() - t0
-    rss = (heap_bytes() - r0) / n
-    bpi = faiss.serialize_index(hnsw).size / hnsw.ntotal
+
+    def make_hnsw():
+        index = faiss.IndexHNSWFlat(d, M)
+        index.hnsw.efConstruction = args.hnsw_ef_construction
+        return index
+
+    hnsw, _, t_build, bpi, rss = build(make_hnsw)
     summary["float_bpi"][f"IndexHNSWFlat M={M}"] = (bpi, rss)
     sweep("IndexHNSWFlat", hnsw, args.ef, lambda v: setattr(hnsw.hnsw, "efSearch", v),
           lambda v: f"M={M}, efSearch={v}", f"efConstruction={args.hnsw_ef_construction}", t_build, bpi, rss)
@@ -505,16 +508,7 @@ def run_float(args, summary):
     # IVFPQ
     m = args.pq_m
     sample, ntrain = train_sample(nlist)
-    r0 = heap_bytes()
-    t0 = time.perf_counter()
-    quant = faiss.IndexFlatL2(d)
-    pq = faiss.IndexIVFPQ(quant, d, nlist, m, 8)
-    pq.train(sample)
-    t_train = time.perf_counter() - t0
-    pq.add(xb)
-    t_build = time.perf_counter() - t0
-    rss = (heap_bytes() - r0) / n
-    bpi = faiss.serialize_index(pq).size / pq.ntotal
+    pq, t_train, t_build, bpi, rss = build(lambda: faiss.IndexIVFPQ(faiss.IndexFlatL2(d), d, nlist, m, 8), sample)
     summary["float_bpi"][f"IndexIVFPQ nlist={nlist} m={m}x8"] = (bpi, rss)
     sweep("IndexIVFPQ", pq, args.float_nprobe, lambda v: setattr(pq, "nprobe", v),
           lambda v: f"nlist={nlist}, m={m}, nbits=8, nprobe={v}",
