@@ -613,6 +613,19 @@ MINER = typer.Option("random", help="Triplet source: random (fresh seeded triple
 P_OPT = typer.Option(10, "--classes-per-batch", help="P: classes per mined batch.")
 K_OPT = typer.Option(25, "--samples-per-class", help="K: items per class in a mined batch.")
 VAL = typer.Option(0.1, help="Share of train carved (stratified, seeded) into the validation split.")
+METHOD = typer.Option("triplet-ranking", help="Hash method. From similar/dissimilar relations (triplets): "
+                      "triplet-ranking (Lai et al. 2015: hinge on tanh outputs, margin bits/4), dtsh (Wang, Shi & "
+                      "Kitani 2016: triplet likelihood on ½uᵀv, margin α, + λ‖b−u‖²). From class labels (need "
+                      "labelled classes): centers (CSQ, Yuan et al. 2020: BCE to Hadamard hash centres + "
+                      "λ(|h|−1)², λ default 1e-4), greedyhash (Su et al. 2018: classifier on sign(h) with a "
+                      "straight-through gradient + λ|(|h|−1)³|, λ default 0.1).")
+ALPHA = typer.Option(None, help="DTSH margin α, > 0 (default bits/2, the paper's constant).")
+LAMBDA = typer.Option(None, "--lambda", help="Quantisation weight λ ≥ 0 (dtsh default 1, centers 1e-4, "
+                      "greedyhash 0.1).")
+LAM_WARMUP = typer.Option(0, help="DTSH: λ = 0 for the first N ≥ 0 epochs (schedule).")
+ALPHA_RAMP = typer.Option(None, help="DTSH: START:END:EVERY, α starts at START and doubles every EVERY epochs up "
+                          "to END, e.g. 1:16:2 (schedule).")
+RANKING_MARGIN = typer.Option(None, help="triplet-ranking margin, > 0 (default bits/4).")
 DEVICE = typer.Option("auto", help="auto (CUDA when present), cpu or cuda.")
 
 
@@ -699,15 +712,12 @@ def train_hash(
     output: Optional[Path] = typer.Option(None, "-o", "--output", help="Output model artifact. Default: "
                                           "artifacts/<input>.hash-<method>-<bits>.model.h5." + OUT_STREAM_HELP),
     bits: int = typer.Option(48, help="Code length in bits (8..256)."),
-    method: str = typer.Option("triplet-ranking", help="triplet-ranking (Lai et al. 2015: hinge on tanh outputs, "
-                               "margin bits/4; the best codes on CIFAR-10 in our measurements) or dtsh (Wang, Shi "
-                               "& Kitani 2016: triplet-label likelihood on ½uᵀv, margin α, + λ‖b−u‖²)."),
-    alpha: Optional[float] = typer.Option(None, help="DTSH margin α, > 0 (default bits/2, the paper's constant)."),
-    lam: float = typer.Option(1.0, "--lambda", help="DTSH quantisation weight λ ≥ 0."),
-    lam_warmup: int = typer.Option(0, help="DTSH: λ = 0 for the first N ≥ 0 epochs (schedule)."),
-    alpha_ramp: Optional[str] = typer.Option(None, help="DTSH: START:END:EVERY, α starts at START and doubles "
-                                             "every EVERY epochs up to END, e.g. 1:16:2 (schedule)."),
-    ranking_margin: Optional[float] = typer.Option(None, help="triplet-ranking margin, > 0 (default bits/4)."),
+    method: str = METHOD,
+    alpha: Optional[float] = ALPHA,
+    lam: Optional[float] = LAMBDA,
+    lam_warmup: int = LAM_WARMUP,
+    alpha_ramp: Optional[str] = ALPHA_RAMP,
+    ranking_margin: Optional[float] = RANKING_MARGIN,
     head: str = typer.Option("mlp", help="Hash network: linear or mlp."),
     hidden: int = typer.Option(512, help="Hidden width of the mlp head."),
     miner: str = MINER,
@@ -833,13 +843,12 @@ def finetune(
     beta_lr: float = BETA_LR,
     npair_reg: float = NPAIR_REG,
     bits: int = typer.Option(48, help="Code length (--objective hash), 8..256."),
-    method: str = typer.Option("triplet-ranking", help="Hash method (--objective hash): triplet-ranking (as "
-                               "train-hash's default) or dtsh."),
-    alpha: Optional[float] = typer.Option(None, help="DTSH margin α, > 0 (default bits/2)."),
-    lam: float = typer.Option(1.0, "--lambda", help="DTSH quantisation weight λ ≥ 0."),
-    lam_warmup: int = typer.Option(0, help="DTSH: λ = 0 for the first N ≥ 0 epochs."),
-    alpha_ramp: Optional[str] = typer.Option(None, help="DTSH: START:END:EVERY α schedule, e.g. 1:16:2."),
-    ranking_margin: Optional[float] = typer.Option(None, help="triplet-ranking margin, > 0 (default bits/4)."),
+    method: str = METHOD,
+    alpha: Optional[float] = ALPHA,
+    lam: Optional[float] = LAMBDA,
+    lam_warmup: int = LAM_WARMUP,
+    alpha_ramp: Optional[str] = ALPHA_RAMP,
+    ranking_margin: Optional[float] = RANKING_MARGIN,
     miner: str = typer.Option("semihard", help="Triplet source: a miner over P×K batches (all, hardest, semihard, "
                               "random-hard, distance-weighted) or random (--batch-size random "
                               "triplets per step)."),

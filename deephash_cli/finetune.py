@@ -253,7 +253,7 @@ def read_resume(path: Path, fingerprint: dict[str, Any]) -> Checkpoint:
 
 
 def _objective(objective: str, *, loss: str, margin: str, bits: int, method: str, hash_options: Any,
-               loss_options: Any = None, n_classes: int = 1):
+               loss_options: Any = None, n_classes: int = 2, seed: int = 0):
     """(loss module, head output, output dim or None, miner margin, before_epoch, score(outputs, labels), extra
     architecture keys) for ``--objective``; the same losses and hash methods as train-triplet/train-hash."""
     from deephash_cli.train_stages import binarize, parse_margins, validation_map
@@ -289,7 +289,7 @@ def _objective(objective: str, *, loss: str, margin: str, bits: int, method: str
 
         check_bits(bits)
         spec = HASH_METHODS.get(method)
-        loss_fn = spec.make_loss(bits, hash_options)
+        loss_fn = spec.make_loss(bits, hash_options, n_classes, seed)
 
         def score(outputs: torch.Tensor, labels: np.ndarray) -> float:
             codes, _ = binarize(outputs)
@@ -363,7 +363,7 @@ def run_finetune(output: Path, *, objective: str, dataset: str, data_dir: str | 
     data = load_dataset(dataset, data_dir, split=split, test_fraction=test_fraction, seed=split_seed)
     loss_fn, head_output, out_dim, miner_margin, before_epoch, score, extra = _objective(
         objective, loss=loss, margin=margin, bits=bits, method=method, hash_options=hash_options,
-        loss_options=loss_options, n_classes=len(data.class_names))
+        loss_options=loss_options, n_classes=len(data.class_names), seed=options.seed)
     out_dim = out_dim or dim
     train_all = limit(data.train, limit_per_class)
     try:

@@ -12,7 +12,10 @@ from typing import Callable
 from torch import nn
 
 from deephash_cli.errors import DeephashError
+from deephash_cli.hash_centers import hash_centers
 from deephash_cli.losses import DTSHLoss, TripletRankingLoss
+from deephash_cli.losses.central import CentralSimilarityLoss
+from deephash_cli.losses.greedyhash import GreedyHashLoss
 from deephash_cli.registry import Registry
 
 MIN_BITS, MAX_BITS = 8, 256
@@ -23,7 +26,7 @@ class HashOptions:
     """Method hyper-parameters. None means the method's paper default for the code length."""
 
     alpha: float | None = None  # DTSH margin α (paper constant: bits/2)
-    lam: float = 1.0  # DTSH quantisation weight λ
+    lam: float | None = None  # quantisation weight λ (dtsh, centers, greedyhash); None: the method's default
     lam_warmup: int = 0  # DTSH: λ = 0 for the first N epochs, then ``lam``
     alpha_ramp: str | None = None  # DTSH: "START:END:EVERY": α starts at START, doubles every EVERY epochs up to END
     margin: float | None = None  # triplet-ranking margin (default bits/4)
@@ -33,7 +36,7 @@ class HashOptions:
         for option, value in (("--alpha", self.alpha), ("--ranking-margin", self.margin)):
             if value is not None and not value > 0:
                 raise DeephashError(f"{option} must be positive, got {value}")
-        if not self.lam >= 0:
+        if self.lam is not None and not self.lam >= 0:
             raise DeephashError(f"--lambda must be ≥ 0, got {self.lam}")
         if self.lam_warmup < 0:
             raise DeephashError(f"--lam-warmup must be ≥ 0 epochs, got {self.lam_warmup}")
@@ -47,9 +50,15 @@ class HashMethod:
 
     name: str
     output: str  # head output: 'raw' or 'tanh'
-    make_loss: Callable[[int, HashOptions], nn.Module]
+    make_loss: Callable[[int, HashOptions, int, int], nn.Module]  # (bits, options, n_classes, seed) -> loss
     schedule: Callable[[nn.Module, int, int, HashOptions], dict[str, float]]
     miner_margin: Callable[[int, HashOptions], float]
+    default_lam: float | None = None  # the quantisation weight λ when --lambda is not given (None: no λ)
+    needs_labels: bool = False  # trains on class labels directly (not only similar/dissimilar relations)
+
+    def lam(self, options: HashOptions) -> float | None:
+        """The λ this method uses: ``--lambda`` or the method's default."""
+        return options.lam if options.lam is not None else self.default_lam
 
 
 HASH_METHODS: Registry[HashMethod] = Registry("hash method")
@@ -84,22 +93,44 @@ def dtsh_alpha(bits: int, epoch: int, options: HashOptions) -> float:
 
 def _dtsh_schedule(loss: nn.Module, bits: int, epoch: int, options: HashOptions) -> dict[str, float]:
     loss.alpha = dtsh_alpha(bits, epoch, options)
-    loss.lam = 0.0 if epoch <= options.lam_warmup else options.lam
+    loss.lam = 0.0 if epoch <= options.lam_warmup else HASH_METHODS.get("dtsh").lam(options)
     return {"alpha": loss.alpha, "lam": loss.lam}
 
 
 HASH_METHODS.register("dtsh")(HashMethod(
     "dtsh", "raw",
-    make_loss=lambda bits, o: DTSHLoss(alpha=dtsh_alpha(bits, 1, o), lam=o.lam),
+    make_loss=lambda bits, o, n_classes, seed: DTSHLoss(alpha=dtsh_alpha(bits, 1, o), lam=HASH_METHODS.get("dtsh").lam(o)),
     schedule=_dtsh_schedule,
     # Miners rank by distance of normalised outputs; DTSH's α is on inner products, so miners get
     # the FaceNet-scale default window.
     miner_margin=lambda bits, o: 0.2,
+    default_lam=1.0,
 ))
 HASH_METHODS.register("triplet-ranking")(HashMethod(
     "triplet-ranking", "tanh",
-    make_loss=lambda bits, o: TripletRankingLoss(margin=o.margin or TripletRankingLoss.default_margin(bits),
+    make_loss=lambda bits, o, n_classes, seed: TripletRankingLoss(margin=o.margin or TripletRankingLoss.default_margin(bits),
                                                  apply_tanh=False),
     schedule=lambda loss, bits, epoch, o: {"margin": loss.margin},
     miner_margin=lambda bits, o: 0.2,
+))
+
+
+def _centers_loss(bits: int, options: HashOptions, n_classes: int, seed: int) -> nn.Module:
+    import torch
+
+    centers, _ = hash_centers(n_classes, bits, seed)
+    return CentralSimilarityLoss(torch.from_numpy(centers.astype("float32")), lam=HASH_METHODS.get("centers").lam(options))
+
+
+HASH_METHODS.register("centers")(HashMethod(
+    "centers", "raw", make_loss=_centers_loss,
+    schedule=lambda loss, bits, epoch, o: {"lam": loss.lam},
+    miner_margin=lambda bits, o: 0.0, default_lam=1e-4, needs_labels=True,
+))
+HASH_METHODS.register("greedyhash")(HashMethod(
+    "greedyhash", "raw",
+    make_loss=lambda bits, o, n_classes, seed: GreedyHashLoss(bits, n_classes, HASH_METHODS.get("greedyhash").lam(o),
+                                                              seed=seed),
+    schedule=lambda loss, bits, epoch, o: {"lam": loss.alpha},
+    miner_margin=lambda bits, o: 0.0, default_lam=0.1, needs_labels=True,
 ))

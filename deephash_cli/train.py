@@ -181,9 +181,12 @@ def fit(model: nn.Module, loss_fn: nn.Module, train_x: torch.Tensor, train_y: to
     generator = torch.Generator(device="cpu").manual_seed(options.seed)
     labels_np = train_y.cpu().numpy()
     loss_fn.to(device)
-    miner = make_miner(options.miner, loss_fn) if options.miner else None
+    # Losses that read only labels (classification, pairwise, central similarity) take whole batches: P×K
+    # batches when a miner is named (nothing is mined), otherwise shuffled batches of batch_size items.
+    uses_triplets = getattr(loss_fn, "uses_triplets", True)
+    miner = make_miner(options.miner, loss_fn) if options.miner and uses_triplets else None
     sampler = None
-    if miner is not None:
+    if options.miner:
         sampler = PKBatchSampler(labels_np, options.classes_per_batch, options.samples_per_class, seed=options.seed)
     triplets_per_epoch = options.triplets_per_epoch or len(labels_np)
     groups = list(model.parameters() if parameters is None else parameters)
@@ -224,25 +227,26 @@ def fit(model: nn.Module, loss_fn: nn.Module, train_x: torch.Tensor, train_y: to
         model.train()
         loss_sum, active_sum, steps = 0.0, 0.0, 0
 
-        if miner is None:
-            # Fresh random triplets over the whole train split, consumed batch_size at a time.
+        if sampler is not None:
+            sampler.set_epoch(epoch)
+            planned = [(torch.as_tensor(batch, dtype=torch.long), None) for batch in sampler]
+        elif not uses_triplets:
+            # Every training item once per epoch, in a fresh seeded order, batch_size items a step.
+            order = torch.randperm(len(labels_np), generator=generator)
+            planned = [(order[i:i + options.batch_size], None) for i in range(0, len(order), options.batch_size)]
+        else:
+            # Fresh random triplets over the whole train split, consumed batch_size at a time; each touched
+            # item is embedded once and the triplets re-indexed into that batch.
             a_all, p_all, n_all = random_triplets(labels_np, triplets_per_epoch, generator)
             batches = [(a_all[i:i + options.batch_size], p_all[i:i + options.batch_size],
                         n_all[i:i + options.batch_size]) for i in range(0, len(a_all), options.batch_size)]
-        else:
-            sampler.set_epoch(epoch)
-            batches = list(sampler)
-
-        if miner is None:
-            # Embed each touched item once and re-index the triplets into that batch.
             planned = [torch.unique(torch.cat([torch.as_tensor(t, dtype=torch.long) for t in batch]),
                                     return_inverse=True) for batch in batches]
-        else:
-            planned = [(torch.as_tensor(batch, dtype=torch.long), None) for batch in batches]
         if plan_epoch is not None:
             plan_epoch(epoch, [rows for rows, _ in planned])
         for step, (rows, inverse) in enumerate(planned, 1):
             rows = rows.to(device)
+            triplets = None
             if inverse is not None:
                 triplets = inverse.view(3, -1).to(device).unbind(0)
             with torch.autocast(device.type, enabled=amp):

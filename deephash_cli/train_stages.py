@@ -272,14 +272,17 @@ def run_train_hash(features_path: Path, output: Path, *, bits: int, method: str,
     torch.manual_seed(options.seed)
     model = Head(head, train.features.shape[1], bits, hidden, spec.output).to(device)
     model.fit_standardizer(train_x)
-    loss_fn = spec.make_loss(bits, hash_options)
+    n_classes = len(data.artifact.class_names)
+    if spec.needs_labels and len(np.unique(train.labels)) < 2:
+        raise DeephashError(f"--method {method} learns from class labels and needs at least two classes in train")
+    loss_fn = spec.make_loss(bits, hash_options, n_classes, options.seed)
     run_options = TrainOptions(**{**options.__dict__, "margin": spec.miner_margin(bits, hash_options)})
     result = _progress_fit(f"{method} {bits} bits", model, loss_fn, train_x, train_y, run_options, validate,
                            before_epoch=lambda epoch: spec.schedule(loss_fn, bits, epoch, hash_options))
     summary = {"best_val_map": result.best_score, "best_epoch": result.best_epoch,
                "seconds_per_epoch": float(np.mean([h["seconds"] for h in result.history]))}
     config = {"stage": "train-hash", "method": method, "bits": bits, "head": head, "hidden": hidden,
-              "val_fraction": val_fraction, **hash_options.__dict__,
+              "val_fraction": val_fraction, **hash_options.__dict__, "lam": spec.lam(hash_options),
               **{k: v for k, v in options.__dict__.items() if k != "margin"}, "device": str(device),
               "input": input_signature(data.artifact), **summary, "source": data.artifact.config}
     save_model(model, output, features_path=features_path, config=config, history=result.history,

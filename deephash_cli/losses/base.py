@@ -63,6 +63,9 @@ class TripletLoss(nn.Module):
     """
 
     distance_space: dict[str, bool] | None = None
+    #: ``False`` for losses that read only the batch's labels (pairwise or classification losses): a training
+    #: loop then feeds them plain shuffled batches (or P×K batches) and skips mining.
+    uses_triplets: bool = True
 
     def __init__(self, reduction: str = "mean") -> None:
         super().__init__()
@@ -106,3 +109,27 @@ class TripletLoss(nn.Module):
         self.last_active_fraction = (n_active.to(torch.float32) / max(losses.numel(), 1)).detach()
         extra = self.regularizer(embeddings)
         return loss if extra is None else loss + extra
+
+
+class LabelLoss(TripletLoss):
+    """Base of the losses that need only the batch's class labels (no triplets): subclasses implement
+    :meth:`loss` ``(embeddings (B, d), labels (B,) int64) -> scalar``; the triplets argument is ignored.
+
+    ``last_active_fraction`` is 1 for a non-empty batch (every item contributes).
+    """
+
+    uses_triplets = False
+
+    def loss(self, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def forward(self, embeddings: torch.Tensor, labels: torch.Tensor, triplets: Triplets | None = None,
+                reduction: str | None = None) -> torch.Tensor:
+        if embeddings.dim() != 2:
+            raise ValueError(f"embeddings must be (B, d), got shape {tuple(embeddings.shape)}")
+        if labels.shape != (embeddings.shape[0],):
+            raise ValueError(f"labels must be ({embeddings.shape[0]},), got shape {tuple(labels.shape)}")
+        self.last_active_fraction = torch.ones(()) if len(labels) else torch.zeros(())
+        if not len(labels):
+            return embeddings.sum() * 0.0
+        return self.loss(embeddings, labels.to(embeddings.device).long())
