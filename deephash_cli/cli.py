@@ -507,7 +507,7 @@ def plot_tsne(
 
 def _train_options(epochs: int, batch_size: int, lr: float, optimizer: str, weight_decay: float, seed: int,
                    early_stopping: Optional[int], miner: str, classes_per_batch: int, samples_per_class: int,
-                   lr_milestones: str = "", lr_gamma: float = 0.1, miner_margin: float = 0.2):
+                   lr_milestones: str = "", lr_gamma: float = 0.1):
     from deephash_cli.train import TrainOptions
 
     try:
@@ -518,7 +518,7 @@ def _train_options(epochs: int, batch_size: int, lr: float, optimizer: str, weig
     return TrainOptions(epochs=epochs, batch_size=batch_size, lr=lr, optimizer=optimizer, weight_decay=weight_decay,
                         seed=seed, early_stopping=early_stopping, miner=None if miner == "random" else miner,
                         classes_per_batch=classes_per_batch, samples_per_class=samples_per_class,
-                        margin=miner_margin, lr_milestones=milestones, lr_gamma=lr_gamma)
+                        lr_milestones=milestones, lr_gamma=lr_gamma)
 
 
 def _given(ctx: typer.Context, name: str) -> bool:

@@ -108,3 +108,52 @@ def triplet_distances(
         )
     dist = pairwise_distances(embeddings, None, squared)
     return dist[anchor, positive], dist[anchor, negative]
+
+
+class Distance:
+    """How a loss measures dissimilarity, shared with the miner that picks its triplets.
+
+    A loss exposes one as ``loss.distance`` and its margin (on that distance's scale) as ``loss.margin``;
+    :func:`deephash_cli.train.make_miner` builds the miner on the same distance, so a semi-hard window or a
+    "loss > 0" test means the same thing to both.
+
+    ``normalize``: L2-normalise first; ``squared``: squared Euclidean instead of Euclidean; ``tanh``: squash
+    with tanh first (a loss that bounds raw outputs itself); ``inner``: the dissimilarity ``−½⟨u, v⟩`` (DTSH's
+    ``Θ`` with its sign flipped; may be negative, the diagonal is not 0) instead of a Euclidean distance.
+    """
+
+    def __init__(self, normalize: bool = True, squared: bool = True, *, tanh: bool = False,
+                 inner: bool = False) -> None:
+        self.normalize, self.squared, self.tanh, self.inner = normalize, squared, tanh, inner
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Distance) and self.describe() == other.describe()
+
+    def __hash__(self) -> int:
+        return hash(self.describe())
+
+    def __repr__(self) -> str:
+        return f"Distance({self.describe()})"
+
+    def describe(self) -> str:
+        """A short name, e.g. ``squared euclidean, normalized`` or ``-1/2 inner product``."""
+        if self.inner:
+            base = "-1/2 inner product"
+        else:
+            base = "squared euclidean" if self.squared else "euclidean"
+        return ", ".join([base] + [name for name, on in (("normalized", self.normalize), ("tanh", self.tanh)) if on])
+
+    def prepare(self, x: torch.Tensor) -> torch.Tensor:
+        """The vectors distances are measured between: ``x`` squashed and/or normalised as configured."""
+        if self.tanh:
+            x = torch.tanh(x)
+        if self.normalize:
+            x = torch.nn.functional.normalize(x, p=2, dim=1)
+        return x
+
+    def pairwise(self, x: torch.Tensor) -> torch.Tensor:
+        """``(B, B)`` dissimilarities between the rows of ``x (B, d)``."""
+        x = self.prepare(x)
+        if self.inner:
+            return -0.5 * (x @ x.t())
+        return pairwise_distances(x, None, squared=self.squared)

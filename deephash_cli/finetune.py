@@ -28,9 +28,9 @@ from deephash_cli import artifacts, distributed
 from deephash_cli.datasets import ImageSource
 from deephash_cli.errors import DeephashError
 from deephash_cli.heads import Head, build_head, load_state_arrays
+from deephash_cli.objectives import FAMILIES as OBJECTIVES, Objective, build_objective
 from deephash_cli.train import Checkpoint, FitResult, TrainOptions, fit
 
-OBJECTIVES = ("triplet", "hash")
 STANDARDIZER_SAMPLE = 1024  # training images whose initial backbone features fit the head's standardiser
 
 
@@ -252,53 +252,28 @@ def read_resume(path: Path, fingerprint: dict[str, Any]) -> Checkpoint:
 # --------------------------------------------------------------------------- the stage
 
 
-def _objective(objective: str, *, loss: str, margin: str, bits: int, method: str, hash_options: Any,
-               loss_options: Any = None, n_classes: int = 2, seed: int = 0):
-    """(loss module, head output, output dim or None, miner margin, before_epoch, score(outputs, labels), extra
-    architecture keys) for ``--objective``; the same losses and hash methods as train-triplet/train-hash."""
-    from deephash_cli.train_stages import binarize, parse_margins, validation_map
+def _objective(family: str, *, loss: str, margin: str, bits: int, method: str, hash_options: Any,
+               loss_options: Any = None, n_classes: int = 2, seed: int = 0) -> Objective:
+    """``--objective``'s :class:`~deephash_cli.objectives.Objective` (one ``--margin`` value: fine-tuning trains
+    one model)."""
+    from deephash_cli.train_stages import parse_margins
 
-    if objective == "triplet":
-        from deephash_cli.embedding_losses import EMBEDDING_LOSSES, LossOptions, build_loss
+    if family == "triplet":
+        from deephash_cli.embedding_losses import EMBEDDING_LOSSES
 
-        loss_options = loss_options or LossOptions()
         if loss not in EMBEDDING_LOSSES:
             from deephash_cli.losses import LOSSES
 
             LOSSES.get(loss)
             raise DeephashError(f"loss '{loss}' is a hashing loss; use --objective hash --method {loss}")
-        loss_options.check()
         margins = parse_margins(margin)
         if len(margins) > 1:
             raise DeephashError(f"--margin: fine-tuning trains one model, give one margin (got {margins}); choose it "
                                 f"with train-triplet's margin search on extracted features")
-        uses_margin = EMBEDDING_LOSSES[loss].margin
-        loss_fn = build_loss(loss, margins[0] if uses_margin else None, n_classes, loss_options)
-
-        def score(outputs: torch.Tensor, labels: np.ndarray) -> float:
-            return validation_map(outputs.numpy(), labels, distance="euclidean")
-
-        extra = {"loss": loss, "margin": margins[0] if uses_margin else None, "produces": "embeddings"}
-        if loss == "margin":
-            extra.update(beta=loss_options.beta, beta_init=loss_options.beta_init, beta_lr=loss_options.beta_lr)
-        elif loss == "npair":
-            extra["npair_reg"] = loss_options.npair_reg
-        return loss_fn, EMBEDDING_LOSSES[loss].output, None, margins[0], None, score, extra
-    if objective == "hash":
-        from deephash_cli.hashing import HASH_METHODS, check_bits
-
-        check_bits(bits)
-        spec = HASH_METHODS.get(method)
-        loss_fn = spec.make_loss(bits, hash_options, n_classes, seed)
-
-        def score(outputs: torch.Tensor, labels: np.ndarray) -> float:
-            codes, _ = binarize(outputs)
-            return validation_map(codes, labels, distance="hamming", bits=bits)
-
-        extra = {"method": method, "bits": bits, "produces": "codes"}
-        return (loss_fn, spec.output, bits, spec.miner_margin(bits, hash_options),
-                lambda epoch: spec.schedule(loss_fn, bits, epoch, hash_options), score, extra)
-    raise DeephashError(f"unknown objective '{objective}'; valid names: {', '.join(OBJECTIVES)}")
+        return build_objective(family, loss=loss, margin=margins[0], bits=bits, method=method,
+                               hash_options=hash_options, loss_options=loss_options, n_classes=n_classes, seed=seed)
+    return build_objective(family, loss=loss, margin=None, bits=bits, method=method, hash_options=hash_options,
+                           loss_options=loss_options, n_classes=n_classes, seed=seed)
 
 
 def run_finetune(output: Path, *, objective: str, dataset: str, data_dir: str | None, backbone: str, weights: str,
@@ -361,10 +336,12 @@ def run_finetune(output: Path, *, objective: str, dataset: str, data_dir: str | 
     # The test split of a dataset without one is extract's (--split-seed = extract --seed), whatever the training
     # seed: extract --model then tests on images this run never trained on.
     data = load_dataset(dataset, data_dir, split=split, test_fraction=test_fraction, seed=split_seed)
-    loss_fn, head_output, out_dim, miner_margin, before_epoch, score, extra = _objective(
-        objective, loss=loss, margin=margin, bits=bits, method=method, hash_options=hash_options,
-        loss_options=loss_options, n_classes=len(data.class_names), seed=options.seed)
-    out_dim = out_dim or dim
+    built = _objective(objective, loss=loss, margin=margin, bits=bits, method=method, hash_options=hash_options,
+                       loss_options=loss_options, n_classes=len(data.class_names), seed=options.seed)
+    out_dim = built.out_dim or dim
+    # The architecture keys of the objective (as before the Objective existed, so checkpoints still resume).
+    extra = ({"method": method, "bits": bits, "produces": "codes"} if objective == "hash" else
+             {**built.record, "produces": "embeddings"})
     train_all = limit(data.train, limit_per_class)
     try:
         keep, held = stratified_split(train_all.labels, val_fraction, options.seed)
@@ -404,8 +381,7 @@ def run_finetune(output: Path, *, objective: str, dataset: str, data_dir: str | 
                              (lambda: (init_model.backbone, BACKBONES.get(backbone)))),
                       init_head=init_model.head if init_model is not None else None, parent=init,
                       head=head, out_dim=out_dim, hidden=hidden,
-                      head_output=head_output, loss_fn=loss_fn, miner_margin=miner_margin,
-                      before_epoch=before_epoch, score=score, options=options, lr_backbone=lr_backbone,
+                      objective=built, options=options, lr_backbone=lr_backbone,
                       freeze_bn=freeze_bn, amp=amp, workers=workers, eval_batch_size=eval_batch_size,
                       image_size=image_size, transforms=(train_transform, eval_transform), checkpoint=checkpoint,
                       fingerprint=fingerprint,
@@ -420,9 +396,7 @@ def run_finetune(output: Path, *, objective: str, dataset: str, data_dir: str | 
 
 def _train(output: Path, *, context: distributed.DistContext, data: Any, train_source: ImageSource,
            val_source: ImageSource, build: Callable, init_head: Head | None, parent: Path | None, head: str,
-           out_dim: int, hidden: int, head_output: str,
-           loss_fn: nn.Module, miner_margin: float, before_epoch: Callable | None, score: Callable,
-           options: TrainOptions, lr_backbone: float, freeze_bn: bool, amp: bool, workers: int,
+           out_dim: int, hidden: int, objective: Objective, options: TrainOptions, lr_backbone: float, freeze_bn: bool, amp: bool, workers: int,
            eval_batch_size: int, image_size: int, transforms: tuple[Callable, Callable],
            checkpoint: Checkpoint | None, fingerprint: dict[str, Any], architecture: dict[str, Any]) -> dict[str, Any]:
     """Build the network, wrap it for DDP when distributed, and run ``train.fit`` with the image hooks."""
@@ -433,7 +407,7 @@ def _train(output: Path, *, context: distributed.DistContext, data: Any, train_s
     train_transform, eval_transform = transforms
     torch.manual_seed(options.seed)  # the head's initial weights
     cnn, spec = build()
-    net = FinetuneModel(cnn, Head(head, spec.dim, out_dim, hidden, head_output), freeze_bn).to(device)
+    net = FinetuneModel(cnn, Head(head, spec.dim, out_dim, hidden, objective.head_output), freeze_bn).to(device)
     if init_head is not None and init_head.architecture() == net.head.architecture():
         net.head = init_head.to(device)  # --init with the same head: continue it (standardiser included)
     elif checkpoint is None:
@@ -486,7 +460,7 @@ def _train(output: Path, *, context: distributed.DistContext, data: Any, train_s
     def validate(model: nn.Module) -> float:
         outputs = embed_source(model, val_source, eval_transform, image_size, batch_size=eval_batch_size,
                                workers=workers, context=context)
-        return score(outputs, val_source.labels)
+        return objective.score(outputs, val_source.labels)
 
     config = {"stage": "finetune", "fingerprint": fingerprint, **fingerprint, "epochs": options.epochs,
               "early_stopping": options.early_stopping, "device": str(device), "world_size": context.world_size,
@@ -507,17 +481,17 @@ def _train(output: Path, *, context: distributed.DistContext, data: Any, train_s
             writer.write_history(state.best.history)
             writer.write_checkpoint(json_state, arrays)
 
-    run_options = TrainOptions(**{**options.__dict__, "margin": miner_margin})
     hooks = dict(embed_rows=embed_rows, parameters=groups, amp=amp, resume=checkpoint,
                  on_checkpoint=save if context.is_main else None, plan_epoch=plan_epoch)
     train_y = torch.as_tensor(train_source.labels, device=device)
     if context.is_main:
         if checkpoint is not None:
             stderr_console().print(f"resuming {output} after epoch {checkpoint.epoch}")
-        result = _progress_fit(f"finetune {architecture['backbone']}", net, loss_fn, None, train_y, run_options,
-                               validate, before_epoch, **hooks)
+        result = _progress_fit(f"finetune {architecture['backbone']}", net, objective.loss, None, train_y, options,
+                               validate, objective.schedule, **hooks)
     else:
-        result = fit(net, loss_fn, None, train_y, run_options, validate=validate, before_epoch=before_epoch, **hooks)
+        result = fit(net, objective.loss, None, train_y, options, validate=validate, before_epoch=objective.schedule,
+                     **hooks)
     seconds = [row["seconds"] for row in result.history]
     return {"best_val_map": result.best_score, "best_epoch": result.best_epoch, "epochs_done": len(result.history),
             "resumed_from": resumed_from, "seconds_per_epoch": float(np.mean(seconds)) if seconds else None,

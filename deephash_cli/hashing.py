@@ -46,13 +46,16 @@ class HashOptions:
 
 @dataclass
 class HashMethod:
-    """A loss factory, the head output it expects, and a schedule (epoch -> logged values)."""
+    """A loss factory, the head output it expects, and a schedule (epoch -> logged values).
+
+    The miner measures the loss's own ``distance`` with its ``margin`` (``train.make_miner``): DTSH's −½uᵀv
+    with α, triplet-ranking's squared distance of the tanh outputs with bits/4.
+    """
 
     name: str
     output: str  # head output: 'raw' or 'tanh'
     make_loss: Callable[[int, HashOptions, int, int], nn.Module]  # (bits, options, n_classes, seed) -> loss
     schedule: Callable[[nn.Module, int, int, HashOptions], dict[str, float]]
-    miner_margin: Callable[[int, HashOptions], float]
     default_lam: float | None = None  # the quantisation weight λ when --lambda is not given (None: no λ)
     needs_labels: bool = False  # trains on class labels directly (not only similar/dissimilar relations)
 
@@ -99,19 +102,16 @@ def _dtsh_schedule(loss: nn.Module, bits: int, epoch: int, options: HashOptions)
 
 HASH_METHODS.register("dtsh")(HashMethod(
     "dtsh", "raw",
-    make_loss=lambda bits, o, n_classes, seed: DTSHLoss(alpha=dtsh_alpha(bits, 1, o), lam=HASH_METHODS.get("dtsh").lam(o)),
+    make_loss=lambda bits, o, n_classes, seed: DTSHLoss(alpha=dtsh_alpha(bits, 1, o),
+                                                        lam=HASH_METHODS.get("dtsh").lam(o)),
     schedule=_dtsh_schedule,
-    # Miners rank by distance of normalised outputs; DTSH's α is on inner products, so miners get
-    # the FaceNet-scale default window.
-    miner_margin=lambda bits, o: 0.2,
     default_lam=1.0,
 ))
 HASH_METHODS.register("triplet-ranking")(HashMethod(
     "triplet-ranking", "tanh",
-    make_loss=lambda bits, o, n_classes, seed: TripletRankingLoss(margin=o.margin or TripletRankingLoss.default_margin(bits),
-                                                 apply_tanh=False),
+    make_loss=lambda bits, o, n_classes, seed: TripletRankingLoss(
+        margin=o.margin or TripletRankingLoss.default_margin(bits), apply_tanh=False),
     schedule=lambda loss, bits, epoch, o: {"margin": loss.margin},
-    miner_margin=lambda bits, o: 0.2,
 ))
 
 
@@ -119,18 +119,19 @@ def _centers_loss(bits: int, options: HashOptions, n_classes: int, seed: int) ->
     import torch
 
     centers, _ = hash_centers(n_classes, bits, seed)
-    return CentralSimilarityLoss(torch.from_numpy(centers.astype("float32")), lam=HASH_METHODS.get("centers").lam(options))
+    return CentralSimilarityLoss(torch.from_numpy(centers.astype("float32")),
+                                 lam=HASH_METHODS.get("centers").lam(options))
 
 
 HASH_METHODS.register("centers")(HashMethod(
     "centers", "raw", make_loss=_centers_loss,
     schedule=lambda loss, bits, epoch, o: {"lam": loss.lam},
-    miner_margin=lambda bits, o: 0.0, default_lam=1e-4, needs_labels=True,
+    default_lam=1e-4, needs_labels=True,
 ))
 HASH_METHODS.register("greedyhash")(HashMethod(
     "greedyhash", "raw",
     make_loss=lambda bits, o, n_classes, seed: GreedyHashLoss(bits, n_classes, HASH_METHODS.get("greedyhash").lam(o),
                                                               seed=seed),
     schedule=lambda loss, bits, epoch, o: {"lam": loss.alpha},
-    miner_margin=lambda bits, o: 0.0, default_lam=0.1, needs_labels=True,
+    default_lam=0.1, needs_labels=True,
 ))

@@ -50,7 +50,6 @@ class TrainOptions:
     classes_per_batch: int = 10
     samples_per_class: int = 25
     triplets_per_epoch: int | None = None  # random mode; default: one per training item
-    margin: float = 0.2  # the miners' margin (semi-hard window, random-hard loss test)
     lr_milestones: tuple[int, ...] = ()  # step decay: after each of these epochs, learning rates × lr_gamma
     lr_gamma: float = 0.1
 
@@ -121,16 +120,16 @@ class Checkpoint:
 
 
 def make_miner(name: str, loss_fn: nn.Module):
-    """The miner ``name``, measuring distances where the loss does when the loss says so (``distance_space``,
-    e.g. plain Euclidean on the unit sphere for the margin loss); otherwise with the miner's defaults.
-    Distance-weighted sampling always measures plain distances on the unit sphere (its density needs them)."""
+    """The miner ``name`` measuring the loss's own :class:`~deephash_cli.distances.Distance` (``loss_fn.distance``;
+    the miner's default, FaceNet's, for a loss without one). Its window uses ``loss_fn.margin`` at every step
+    (see :func:`fit`), so distance and margin reach loss and miner from one place. Distance-weighted sampling
+    always measures plain distances on the unit sphere (its density needs them)."""
     import inspect
 
     miner_class = MINERS.get(name)
-    space = getattr(loss_fn, "distance_space", None)
-    accepted = inspect.signature(miner_class.__init__).parameters
-    if space and all(key in accepted for key in space):
-        return miner_class(**space)
+    distance = getattr(loss_fn, "distance", None)
+    if distance is not None and "distance" in inspect.signature(miner_class.__init__).parameters:
+        return miner_class(distance=distance)
     return miner_class()
 
 
@@ -254,7 +253,9 @@ def fit(model: nn.Module, loss_fn: nn.Module, train_x: torch.Tensor, train_y: to
             embeddings = embeddings.float()  # mining and losses in float32 even under autocast
             batch_labels = train_y[rows]
             if miner is not None:
-                triplets = miner(embeddings, batch_labels, margin=options.margin, generator=generator)
+                # The loss's margin, read every step: schedules may change it (DTSH's α).
+                triplets = miner(embeddings, batch_labels, margin=float(getattr(loss_fn, "margin", 0.0) or 0.0),
+                                 generator=generator)
                 if not collapse_warned and warn is not None and embedding_collapse(embeddings.detach()):
                     warn(f"epoch {epoch}: embeddings collapsed (all pairwise distances ≈ 0), a known failure of "
                          f"hard mining; try --miner semihard or a lower --lr")

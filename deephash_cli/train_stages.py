@@ -18,9 +18,10 @@ import torch
 from deephash_cli import artifacts
 from deephash_cli.artifacts import Artifact, Split
 from deephash_cli.datasets import stratified_split
-from deephash_cli.embedding_losses import EMBEDDING_LOSSES, LossOptions, build_loss
+from deephash_cli.embedding_losses import EMBEDDING_LOSSES, LossOptions
 from deephash_cli.errors import DeephashError
 from deephash_cli.heads import Head, build_head, load_state_arrays, state_arrays
+from deephash_cli.objectives import Objective, binarize, embedding_objective, hash_objective, validation_map
 from deephash_cli.train import FitResult, TrainOptions, as_tensor, embed, fit
 from deephash_cli.ui import advance, progress_bar, warn
 
@@ -60,15 +61,6 @@ def prepare_splits(features_path: Path, val_fraction: float, seed: int) -> Prepa
             raise DeephashError(f"--val-fraction {val_fraction}: {err}") from None
         splits["train"], splits["val"] = train.subset(keep), train.subset(held)
     return PreparedData(artifact, splits)
-
-
-def validation_map(outputs: np.ndarray, labels: np.ndarray, *, distance: str, bits: int | None = None) -> float:
-    """Leave-one-out mAP of the validation split against itself (each query's own row excluded)."""
-    from deephash_cli.metrics import evaluate_retrieval
-
-    result = evaluate_retrieval(outputs, labels, outputs, labels, distance=distance, bits=bits, precision_at=(),
-                                knn_k=1, exclude_self=True)
-    return result.map
 
 
 def parse_margins(text: str) -> list[float]:
@@ -167,13 +159,11 @@ def run_train_triplet(features_path: Path, output: Path, *, save_model_path: Pat
     ``loss_options``: the margin loss's β settings and the N-pair loss's L2 penalty (default ``LossOptions()``).
     """
     loss_options = loss_options or LossOptions()
-    if loss not in EMBEDDING_LOSSES:
-        build_loss(loss, None, 1, loss_options)  # names the valid losses, or says it is a hashing loss
+    margin_list = parse_margins(margins)
+    embedding_objective(loss, margin_list[0], 2, loss_options)  # names the valid losses, checks their options
     if dim <= 0:
         raise DeephashError(f"--dim must be positive, got {dim}")
     options.check()
-    loss_options.check()
-    margin_list = parse_margins(margins)
     if not EMBEDDING_LOSSES[loss].margin:
         margin_list = [None]  # hoffer has no margin: one run
     artifacts.check_outputs_differ({"--output": output, "--save-model": save_model_path})
@@ -189,29 +179,29 @@ def run_train_triplet(features_path: Path, output: Path, *, save_model_path: Pat
         return validation_map(embed(model, val_x).cpu().numpy(), val.labels, distance="euclidean")
 
     runs = []
-    best: tuple[float, Head, FitResult, float | None] | None = None
+    best: tuple[float, Head, FitResult, float | None, Objective] | None = None
     for margin in margin_list:
         torch.manual_seed(options.seed)  # same initial weights for every margin
-        model = Head(head, train.features.shape[1], dim, hidden, EMBEDDING_LOSSES[loss].output).to(device)
+        objective = embedding_objective(loss, margin, len(data.artifact.class_names), loss_options)
+        model = Head(head, train.features.shape[1], dim, hidden, objective.head_output).to(device)
         model.fit_standardizer(train_x)
-        loss_fn = build_loss(loss, margin, len(data.artifact.class_names), loss_options)
-        run_options = TrainOptions(**{**options.__dict__, "margin": margin if margin is not None else options.margin})
+        loss_fn = objective.loss
         start = time.perf_counter()
         result = _progress_fit(f"{loss} margin {margin}" if margin is not None else loss, model, loss_fn, train_x,
-                               train_y, run_options, validate)
+                               train_y, options, validate, before_epoch=objective.schedule)
         runs.append({"margin": margin, "val_map": result.best_score, "best_epoch": result.best_epoch,
                      "epochs_run": len(result.history), "seconds": time.perf_counter() - start,
                      "seconds_per_epoch": float(np.mean([h["seconds"] for h in result.history])),
                      **loss_fn.summary()})
         if best is None or result.best_score > best[0]:
-            best = (result.best_score, model, result, margin)
+            best = (result.best_score, model, result, margin, objective)
     assert best is not None
-    best_score, model, result, chosen_margin = best
+    best_score, model, result, chosen_margin, objective = best
     summary = {"margin_search": runs, "chosen_margin": chosen_margin, "best_val_map": best_score,
                "best_epoch": result.best_epoch}
     config = {"stage": "train-triplet", "loss": loss, "head": head, "dim": dim, "hidden": hidden,
-              "val_fraction": val_fraction, **_loss_config(loss, loss_options),
-              **{k: v for k, v in options.__dict__.items() if k != "margin"},
+              "val_fraction": val_fraction,
+              **{k: v for k, v in objective.record.items() if k not in ("loss", "margin")}, **options.__dict__,
               "device": str(device), "input": input_signature(data.artifact), **summary,
               "source": data.artifact.config}
     if save_model_path is not None:
@@ -224,66 +214,40 @@ def run_train_triplet(features_path: Path, output: Path, *, save_model_path: Pat
         config = {**config, "model": artifacts.parent_reference(save_model_path, output),
                   "model_sha256": artifacts.sha256_file(save_model_path)}
     _write_outputs(model, data, output, kind="embeddings", features_path=features_path, config=config,
-                   history=result.history, device=device, encode=lambda out: (out.cpu().numpy(), None), force=force,
+                   history=result.history, device=device, encode=objective.encode, force=force,
                    features_sha256=features_sha256)
     return summary
 
 
-def _loss_config(loss: str, loss_options: LossOptions) -> dict[str, Any]:
-    """The loss options that shaped this run (only the chosen loss's), for the artifact's config."""
-    if loss == "margin":
-        return {"beta": loss_options.beta, "beta_init": loss_options.beta_init, "beta_lr": loss_options.beta_lr}
-    if loss == "npair":
-        return {"npair_reg": loss_options.npair_reg}
-    return {}
-
-
 # --------------------------------------------------------------------------- train-hash
-
-
-def binarize(outputs: torch.Tensor) -> tuple[np.ndarray, int]:
-    """Relaxed outputs (n, bits) -> packed codes (n, ceil(bits/8)) uint8 and bits (1 where output > 0)."""
-    from deephash_cli.codes import pack_codes
-
-    values = outputs.cpu().numpy()
-    return pack_codes(values), int(values.shape[1])
 
 
 def run_train_hash(features_path: Path, output: Path, *, bits: int, method: str, hash_options: Any, head: str,
                    hidden: int, val_fraction: float, options: TrainOptions, device: torch.device,
                    force: bool) -> dict[str, Any]:
     """Train a hash head (features -> bits real outputs -> sign); save it as a model artifact."""
-    from deephash_cli.hashing import HASH_METHODS, check_bits
-
-    check_bits(bits)
-    spec = HASH_METHODS.get(method)
+    hash_objective(method, bits, hash_options, 2, options.seed)  # checks bits, method and options first
     options.check()
-    hash_options.check()
     artifacts.check_output(output, force)
     features_sha256 = artifacts.check_input(features_path)  # recorded as it was read, whatever happens to it later
     data = prepare_splits(features_path, val_fraction, options.seed)
     train, val = data.splits["train"], data.splits["val"]
     train_x, train_y, val_x = data.tensors(device)
 
-    def validate(model: torch.nn.Module) -> float:
-        codes, _ = binarize(embed(model, val_x))
-        return validation_map(codes, val.labels, distance="hamming", bits=bits)
-
     torch.manual_seed(options.seed)
-    model = Head(head, train.features.shape[1], bits, hidden, spec.output).to(device)
+    objective = hash_objective(method, bits, hash_options, len(data.artifact.class_names), options.seed)
+    model = Head(head, train.features.shape[1], bits, hidden, objective.head_output).to(device)
     model.fit_standardizer(train_x)
-    n_classes = len(data.artifact.class_names)
-    if spec.needs_labels and len(np.unique(train.labels)) < 2:
-        raise DeephashError(f"--method {method} learns from class labels and needs at least two classes in train")
-    loss_fn = spec.make_loss(bits, hash_options, n_classes, options.seed)
-    run_options = TrainOptions(**{**options.__dict__, "margin": spec.miner_margin(bits, hash_options)})
-    result = _progress_fit(f"{method} {bits} bits", model, loss_fn, train_x, train_y, run_options, validate,
-                           before_epoch=lambda epoch: spec.schedule(loss_fn, bits, epoch, hash_options))
+
+    def validate(model: torch.nn.Module) -> float:
+        return objective.score(embed(model, val_x), val.labels)
+
+    result = _progress_fit(f"{method} {bits} bits", model, objective.loss, train_x, train_y, options, validate,
+                           before_epoch=objective.schedule)
     summary = {"best_val_map": result.best_score, "best_epoch": result.best_epoch,
                "seconds_per_epoch": float(np.mean([h["seconds"] for h in result.history]))}
     config = {"stage": "train-hash", "method": method, "bits": bits, "head": head, "hidden": hidden,
-              "val_fraction": val_fraction, **hash_options.__dict__, "lam": spec.lam(hash_options),
-              **{k: v for k, v in options.__dict__.items() if k != "margin"}, "device": str(device),
+              "val_fraction": val_fraction, **objective.record, **options.__dict__, "device": str(device),
               "input": input_signature(data.artifact), **summary, "source": data.artifact.config}
     save_model(model, output, features_path=features_path, config=config, history=result.history,
                extra={"input": input_signature(data.artifact), "method": method, "bits": bits,

@@ -11,6 +11,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from deephash_cli.distances import Distance
+
 Triplets = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
 
 #: ``"mean"``: mean over every term given (an empty set gives 0).
@@ -57,12 +59,13 @@ class TripletLoss(nn.Module):
 
     A loss with learnable parameters (the margin loss's β) hands them to the optimizer through
     :meth:`parameter_groups` (each group with its own learning rate) and reports them per epoch
-    through :meth:`summary`. ``distance_space``: the distances a miner should measure for this
-    loss (``{"normalize": ..., "squared": ...}``), or None for the miner's own default (squared
-    Euclidean on the unit sphere, FaceNet's).
+    through :meth:`summary`. ``distance``: the :class:`~deephash_cli.distances.Distance` the loss
+    measures, which a miner shares (``train.make_miner``); ``margin``: the loss's margin on that
+    distance's scale, which the miner's window uses (0 for losses without one).
     """
 
-    distance_space: dict[str, bool] | None = None
+    distance: Distance | None = None
+    margin: float = 0.0
     #: ``False`` for losses that read only the batch's labels (pairwise or classification losses): a training
     #: loop then feeds them plain shuffled batches (or P×K batches) and skips mining.
     uses_triplets: bool = True

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from deephash_cli.distances import safe_sqrt, triplet_distances
+from deephash_cli.distances import Distance, safe_sqrt, triplet_distances
 from deephash_cli.losses.base import TripletLoss
 
 
@@ -32,6 +32,7 @@ class ContrastiveLoss(TripletLoss):
         super().__init__(reduction)
         self.margin = float(margin)
         self.normalize = normalize
+        self.distance = Distance(normalize=normalize, squared=False)  # the margin is on plain distances
 
     def terms(self, embeddings, labels, a, p, n):
         if self.normalize:

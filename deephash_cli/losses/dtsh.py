@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from deephash_cli.distances import Distance
 from deephash_cli.losses.base import TripletLoss
 
 
@@ -35,10 +36,18 @@ class DTSHLoss(TripletLoss):
     Call: ``loss(u (B, bits) float, labels (B,), (a, p, n) each (T,) int64) -> scalar``.
     """
 
+    #: ``−½⟨u, v⟩ = −Θ``: ``softplus(−(Θ_ap − Θ_an − α))`` is a smooth hinge with margin α on it.
+    distance = Distance(normalize=False, inner=True)
+
     def __init__(self, alpha: float = 5.0, lam: float = 1.0, reduction: str = "mean") -> None:
         super().__init__(reduction)
         self.alpha = float(alpha)
         self.lam = float(lam)
+
+    @property
+    def margin(self) -> float:
+        """The miner's margin: α (on the scale of ``−Θ``)."""
+        return self.alpha
 
     def terms(self, embeddings, labels, a, p, n):
         b, bits = embeddings.shape

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch.nn.functional as F
 
-from deephash_cli.distances import triplet_distances
+from deephash_cli.distances import Distance, triplet_distances
 from deephash_cli.losses.base import TripletLoss
 
 
@@ -34,6 +34,7 @@ class FaceNetTripletLoss(TripletLoss):
         self.margin = float(margin)
         self.normalize = normalize
         self.squared = squared
+        self.distance = Distance(normalize=normalize, squared=squared)
 
     def terms(self, embeddings, labels, a, p, n):
         if self.normalize:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from deephash_cli.distances import triplet_distances
+from deephash_cli.distances import Distance, triplet_distances
 from deephash_cli.losses.base import TripletLoss
 
 
@@ -23,6 +23,8 @@ class HofferTripletLoss(TripletLoss):
 
     Call: ``loss(embeddings (B, d) float, labels (B,), (a, p, n) each (T,) int64) -> scalar``.
     """
+
+    distance = Distance(normalize=False, squared=False)
 
     def __init__(self, reduction: str = "mean") -> None:
         super().__init__(reduction)

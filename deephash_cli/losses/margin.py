@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from deephash_cli.distances import triplet_distances
+from deephash_cli.distances import Distance, triplet_distances
 from deephash_cli.losses.base import TripletLoss
 
 
@@ -27,7 +27,7 @@ class MarginLoss(TripletLoss):
 
     β is a parameter of this module: :meth:`parameter_groups` hands it to the optimizer with its own learning
     rate ``beta_lr`` (``0`` keeps β fixed at its initial value). Distances for a miner should be plain
-    Euclidean on the unit sphere (:attr:`distance_space`); ``--miner distance-weighted`` is the paper's partner.
+    Euclidean on the unit sphere (:attr:`distance`); ``--miner distance-weighted`` is the paper's partner.
 
     Args:
         margin: ``α`` (paper: 0.2), on the scale of distances on the unit sphere ([0, 2]).
@@ -39,7 +39,7 @@ class MarginLoss(TripletLoss):
     Call: ``loss(embeddings (B, d) float, labels (B,), (a, p, n) each (T,) int64) -> scalar``.
     """
 
-    distance_space = {"normalize": True, "squared": False}
+    distance = Distance(normalize=True, squared=False)
 
     def __init__(self, margin: float = 0.2, beta: float = 1.2, n_classes: int | None = None, beta_lr: float = 0.0,
                  reduction: str = "positive_mean") -> None:

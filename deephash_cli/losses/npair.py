@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from deephash_cli.distances import Distance
 from deephash_cli.losses.base import TripletLoss
 
 
@@ -32,6 +33,8 @@ class NPairLoss(TripletLoss):
 
     Call: ``loss(embeddings (B, d) float, labels (B,), (a, p, n) each (T,) int64) -> scalar``.
     """
+
+    distance = Distance(normalize=False, inner=True)  # similarities are raw inner products
 
     def __init__(self, l2_reg: float = 0.002, reduction: str = "mean") -> None:
         super().__init__(reduction)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from deephash_cli.distances import triplet_distances
+from deephash_cli.distances import Distance, triplet_distances
 from deephash_cli.losses.base import TripletLoss
 
 
@@ -33,6 +33,7 @@ class TripletRankingLoss(TripletLoss):
         super().__init__(reduction)
         self.margin = float(margin)
         self.apply_tanh = apply_tanh
+        self.distance = Distance(normalize=False, squared=True, tanh=apply_tanh)
 
     @staticmethod
     def default_margin(bits: int) -> float:

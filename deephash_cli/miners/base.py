@@ -18,9 +18,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
-from deephash_cli.distances import pairwise_distances
+from deephash_cli.distances import Distance
 
 Triplets = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
 
@@ -29,7 +28,7 @@ Triplets = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
 class MiningContext:
     """Everything strategies need about one batch (all on the embeddings' device).
 
-    dist: ``(B, B)`` distances (squared or not, per the miner), diagonal exactly 0.
+    dist: ``(B, B)`` dissimilarities of the miner's :class:`Distance` (Euclidean ones: diagonal exactly 0).
     positive: ``(B, B)`` bool, ``labels[i] == labels[j]`` and ``i != j``.
     negative: ``(B, B)`` bool, ``labels[i] != labels[j]``.
     dim: embedding dimension ``d``.
@@ -107,8 +106,8 @@ class Miner:
     """Base class. Subclasses implement :meth:`mine`.
 
     Attributes:
-        normalize: L2-normalise embeddings before measuring distances.
-        squared: squared Euclidean distances (``False``: plain Euclidean).
+        distance: the :class:`~deephash_cli.distances.Distance` measured (the loss's, see ``make_miner``);
+            ``normalize``/``squared`` build one (FaceNet's: squared Euclidean on the unit sphere, the default).
         positive_mean: class attribute; ``True`` when the loss should average over
             triplets with positive loss only (batch-all). A training loop calls
             ``loss(emb, labels, triplets, reduction="positive_mean" if miner.positive_mean else None)``.
@@ -116,15 +115,20 @@ class Miner:
 
     positive_mean: bool = False
 
-    def __init__(self, normalize: bool = True, squared: bool = True) -> None:
-        self.normalize = normalize
-        self.squared = squared
+    def __init__(self, normalize: bool = True, squared: bool = True, distance: Distance | None = None) -> None:
+        self.distance = distance if distance is not None else Distance(normalize=normalize, squared=squared)
+
+    @property
+    def normalize(self) -> bool:
+        return self.distance.normalize
+
+    @property
+    def squared(self) -> bool:
+        return self.distance.squared
 
     def context(self, embeddings: torch.Tensor, labels: torch.Tensor) -> MiningContext:
         emb = embeddings.detach()
-        if self.normalize:
-            emb = F.normalize(emb, p=2, dim=1)
-        dist = pairwise_distances(emb, None, squared=self.squared)
+        dist = self.distance.pairwise(emb)
         same = labels.unsqueeze(0) == labels.unsqueeze(1)
         eye = torch.eye(labels.shape[0], dtype=torch.bool, device=labels.device)
         return MiningContext(dist=dist, positive=same & ~eye, negative=~same, dim=emb.shape[1])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from deephash_cli.distances import Distance
 from deephash_cli.miners.base import MiningContext, Miner, Triplets, empty_triplets
 
 
@@ -27,8 +28,9 @@ class SemiHardMiner(Miner):
     ``searchsorted``: ``O(B^2 log B)``, no ``B^3`` mask.
     """
 
-    def __init__(self, normalize: bool = True, squared: bool = True, select: str = "nearest") -> None:
-        super().__init__(normalize, squared)
+    def __init__(self, normalize: bool = True, squared: bool = True, select: str = "nearest",
+                 distance: Distance | None = None) -> None:
+        super().__init__(normalize, squared, distance)
         if select not in ("nearest", "all"):
             raise ValueError(f"select must be 'nearest' or 'all', got {select!r}")
         self.select = select
