@@ -1,12 +1,15 @@
-"""HashNet loss against naive loops in plain Python."""
+"""HashNet loss, FTDE code inference (step 1) and FTDE loss (step 2), against naive loops in plain Python."""
 
 from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
+from deephash_cli.ftde import ftde_objective, infer_codes, triplet_satisfaction
+from deephash_cli.losses.ftde import FTDELoss
 from deephash_cli.losses.hashnet import HashNetLoss
 
 # ---------------------------------------------------------------- HashNet
@@ -152,3 +155,179 @@ def test_hashnet_bad_input():
         HashNetLoss()(x[0], torch.zeros(7, dtype=torch.long))
     with pytest.raises(ValueError, match="reduction"):
         HashNetLoss()(x, torch.zeros(7, dtype=torch.long), reduction="sum")
+
+
+# ---------------------------------------------------------------- FTDE step 2 (loss)
+
+
+def test_ftde_loss_matches_loop():
+    g = torch.Generator().manual_seed(0)
+    x = 3 * torch.randn(5, 6, generator=g, dtype=torch.float64)
+    z = torch.where(torch.randn(5, 6, generator=g) >= 0, 1, -1).to(torch.int8)
+    terms = []
+    for xr, zr in zip(x.tolist(), z.tolist()):
+        for v, t in zip(xr, zr):
+            y = (t + 1) / 2
+            sig = 1 / (1 + math.exp(-v))
+            terms.append(-(y * math.log(sig) + (1 - y) * math.log(1 - sig)))
+    loss = FTDELoss()
+    assert loss.uses_triplets is False
+    got = loss(x, torch.zeros(5, dtype=torch.long), None, targets=z)
+    assert float(got) == pytest.approx(sum(terms) / len(terms), rel=1e-9)
+    assert float(loss.last_active_fraction) == pytest.approx(sum(t > 1e-6 for t in terms) / len(terms))
+
+
+def test_ftde_loss_gradient_and_ignores_triplets():
+    x = torch.tensor([[0.5, -2.0], [1.0, 0.0]], dtype=torch.float64, requires_grad=True)
+    z = torch.tensor([[1, 1], [-1, 1]])
+    loss = FTDELoss()
+    trip = (torch.tensor([0]), torch.tensor([1]), torch.tensor([0]))
+    value = loss(x, None, trip, targets=z)
+    assert float(value.detach()) == float(loss(x, None, targets=z).detach())
+    value.backward()
+    y = (z + 1) / 2
+    assert torch.allclose(x.grad, (torch.sigmoid(x.detach()) - y) / 4)  # mean over 2 items x 2 bits
+
+
+def test_ftde_loss_bad_input():
+    x = torch.zeros(3, 4)
+    with pytest.raises(ValueError, match="targets"):
+        FTDELoss()(x, None)
+    with pytest.raises(ValueError, match="shape"):
+        FTDELoss()(x, None, targets=torch.ones(3, 5))
+    with pytest.raises(ValueError, match=r"\+-1"):
+        FTDELoss()(x, None, targets=torch.zeros(3, 4))
+    empty = torch.zeros(0, 4, requires_grad=True)
+    value = FTDELoss()(empty, None, targets=torch.ones(0, 4))
+    value.backward()
+    assert float(value.detach()) == 0.0
+
+
+# ---------------------------------------------------------------- FTDE step 1 (code inference)
+
+
+def hamming(u, v) -> int:
+    return sum(x != y for x, y in zip(u, v))
+
+
+def objective_naive(codes: np.ndarray, a, p, n, margin: float) -> float:
+    rows = codes.tolist()
+    terms = [
+        max(0.0, margin - (hamming(rows[i], rows[k]) - hamming(rows[i], rows[j])))
+        for i, j, k in zip(a.tolist(), p.tolist(), n.tolist())
+    ]
+    return sum(terms) / len(terms)
+
+
+def synthetic(seed: int = 0, per_class: int = 15, classes: int = 4, bits: int = 8, n_triplets: int = 600):
+    """60 items of 4 classes, triplets sampled from the labels, init = sign of random projections of
+    weakly clustered features."""
+    rng = np.random.default_rng(seed)
+    labels = np.repeat(np.arange(classes), per_class)
+    features = rng.normal(size=(classes, 16))[labels] * 0.5 + rng.normal(size=(labels.size, 16))
+    init = np.where(features @ rng.normal(size=(16, bits)) >= 0, 1, -1).astype(np.int8)
+    a = rng.integers(0, labels.size, n_triplets)
+    p = np.array([rng.choice(np.flatnonzero((labels == labels[i]) & (np.arange(labels.size) != i))) for i in a])
+    n = np.array([rng.choice(np.flatnonzero(labels != labels[i])) for i in a])
+    return init, a, p, n
+
+
+def test_objective_and_satisfaction_match_loops():
+    init, a, p, n = synthetic(1)
+    rows = init.tolist()
+    sat = [hamming(rows[i], rows[j]) < hamming(rows[i], rows[k]) for i, j, k in zip(a, p, n)]
+    assert triplet_satisfaction(init, a, p, n) == pytest.approx(sum(sat) / len(sat))
+    for margin in (4.0, 1.5, 0.7):
+        assert ftde_objective(init, a, p, n, margin) == pytest.approx(objective_naive(init, a, p, n, margin), rel=1e-12)
+    assert ftde_objective(init, a, p, n) == pytest.approx(objective_naive(init, a, p, n, 4.0), rel=1e-12)  # bits/2
+    e = np.empty(0, dtype=np.int64)
+    assert triplet_satisfaction(init, e, e, e) == 0.0 and ftde_objective(init, e, e, e) == 0.0
+
+
+@pytest.mark.parametrize("margin", [None, 1.5, 0.7])
+def test_inferred_codes_beat_random_and_initial_codes(margin):
+    init, a, p, n = synthetic(2)
+    codes = infer_codes(init, a, p, n, margin=margin, sweeps=5, rng=0)
+    random_codes = np.where(np.random.default_rng(7).normal(size=init.shape) >= 0, 1, -1)
+    got = triplet_satisfaction(codes, a, p, n)
+    assert got > triplet_satisfaction(init, a, p, n)
+    assert got > triplet_satisfaction(random_codes, a, p, n)
+    assert got > 0.9
+    assert ftde_objective(codes, a, p, n, margin) < ftde_objective(init, a, p, n, margin)
+
+
+@pytest.mark.parametrize("margin", [None, 1.5, 0.7])
+def test_objective_never_increases(margin):
+    init, a, p, n = synthetic(3)
+    trace: list[float] = []
+    codes = infer_codes(init, a, p, n, margin=margin, sweeps=4, rng=1, trace=trace)
+    assert len(trace) >= 1 + 8
+    assert trace[0] == pytest.approx(objective_naive(init, a, p, n, margin or 4.0), rel=1e-12)
+    assert trace[-1] == pytest.approx(objective_naive(codes, a, p, n, margin or 4.0), rel=1e-12)
+    assert all(later <= earlier + 1e-12 for earlier, later in zip(trace, trace[1:]))
+    # Independently of the trace: recomputed objective after 0, 1, 2, 3 sweeps (same seed, same path).
+    values = [
+        ftde_objective(infer_codes(init, a, p, n, margin=margin, sweeps=s, rng=1), a, p, n, margin) for s in range(4)
+    ]
+    assert all(later <= earlier + 1e-12 for earlier, later in zip(values, values[1:]))
+    assert values[-1] < values[0]
+
+
+def test_converged_codes_are_a_local_minimum_for_single_flips():
+    # Brute force: after the early stop, no single bit flip of any item lowers the objective.
+    init, a, p, n = synthetic(4, per_class=6, n_triplets=150)
+    # Degenerate triplets (repeated items) too: their terms must be handled exactly.
+    a = np.concatenate([a, [0, 1, 2]])
+    p = np.concatenate([p, [0, 5, 3]])
+    n = np.concatenate([n, [9, 1, 3]])
+    for margin in (None, 1.5, 0.7):
+        trace: list[float] = []
+        codes = infer_codes(init, a, p, n, margin=margin, sweeps=200, rng=2, trace=trace)
+        assert len(trace) < 1 + 200 * 8  # stopped early: a sweep without a flip
+        m = 4.0 if margin is None else margin
+        best = objective_naive(codes, a, p, n, m)
+        for item in range(codes.shape[0]):
+            for bit in range(codes.shape[1]):
+                flipped = codes.copy()
+                flipped[item, bit] *= -1
+                assert objective_naive(flipped, a, p, n, m) >= best - 1e-12
+
+
+def test_output_format_determinism_and_input_untouched():
+    init, a, p, n = synthetic(5)
+    before = init.copy()
+    one = infer_codes(init, a, p, n, sweeps=2, rng=3)
+    two = infer_codes(init.astype(np.float32), a.astype(np.int32), p, n, sweeps=2, rng=np.random.default_rng(3))
+    assert one.dtype == np.int8 and one.shape == init.shape
+    assert set(np.unique(one).tolist()) <= {-1, 1}
+    assert np.array_equal(one, two)
+    assert np.array_equal(init, before)
+    assert np.array_equal(infer_codes(init, a, p, n, sweeps=0, rng=0), init)
+    e = np.empty(0, dtype=np.int64)
+    assert np.array_equal(infer_codes(init, e, e, e, rng=0), init)
+
+
+def test_solver_bad_input():
+    init, a, p, n = synthetic(6)
+    with pytest.raises(ValueError, match="differ in length"):
+        infer_codes(init, a, p[:-1], n)
+    with pytest.raises(ValueError, match="out of range"):
+        infer_codes(init, a, p, np.where(n == n[0], init.shape[0], n))
+    with pytest.raises(ValueError, match="out of range"):
+        infer_codes(init, np.where(a == a[0], -1, a), p, n)
+    bad = init.copy()
+    bad[3, 2] = 0
+    with pytest.raises(ValueError, match=r"-1 and \+1"):
+        infer_codes(bad, a, p, n)
+    with pytest.raises(ValueError, match="2-d"):
+        infer_codes(init[:, 0], a, p, n)
+    with pytest.raises(ValueError, match="integer"):
+        infer_codes(init, a.astype(np.float64), p, n)
+    with pytest.raises(ValueError, match="1-d"):
+        infer_codes(init, a[:, None], p, n)
+    with pytest.raises(ValueError, match="sweeps"):
+        infer_codes(init, a, p, n, sweeps=-1)
+    with pytest.raises(ValueError, match="margin"):
+        infer_codes(init, a, p, n, margin=float("nan"))
+    with pytest.raises(ValueError, match="-1 and"):
+        triplet_satisfaction(bad, a, p, n)
