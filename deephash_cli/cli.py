@@ -618,14 +618,22 @@ METHOD = typer.Option("triplet-ranking", help="Hash method. From similar/dissimi
                       "Kitani 2016: triplet likelihood on ½uᵀv, margin α, + λ‖b−u‖²). From class labels (need "
                       "labelled classes): centers (CSQ, Yuan et al. 2020: BCE to Hadamard hash centres + "
                       "λ(|h|−1)², λ default 1e-4), greedyhash (Su et al. 2018: classifier on sign(h) with a "
-                      "straight-through gradient + λ|(|h|−1)³|, λ default 0.1).")
-ALPHA = typer.Option(None, help="DTSH margin α, > 0 (default bits/2, the paper's constant).")
+                      "straight-through gradient + λ|(|h|−1)³|, λ default 0.1). From pairs of the batch: hashnet (Cao "
+                      "et al. 2017: weighted pairwise likelihood on tanh(βx), β raised by --continuation). Two steps: "
+                      "ftde (Zhuang et al. 2016: codes inferred from triplets, then learnt as bits by binary "
+                      "cross-entropy; --ftde-every, --ftde-triplets).")
+ALPHA = typer.Option(None, help="DTSH margin α, > 0 (default bits/2, the paper's constant); HashNet's sigmoid "
+                     "scale α (default 10/bits, the official code's).")
 LAMBDA = typer.Option(None, "--lambda", help="Quantisation weight λ ≥ 0 (dtsh default 1, centers 1e-4, "
                       "greedyhash 0.1).")
 LAM_WARMUP = typer.Option(0, help="DTSH: λ = 0 for the first N ≥ 0 epochs (schedule).")
 ALPHA_RAMP = typer.Option(None, help="DTSH: START:END:EVERY, α starts at START and doubles every EVERY epochs up "
                           "to END, e.g. 1:16:2 (schedule).")
 RANKING_MARGIN = typer.Option(None, help="triplet-ranking margin, > 0 (default bits/4).")
+CONTINUATION = typer.Option("1:16:2", help="HashNet: START:END:EVERY, β of tanh(βx) starts at START and doubles every "
+                            "EVERY epochs up to END (continuation).")
+FTDE_EVERY = typer.Option(3, help="FTDE: infer the training codes (step 1) on epochs 1, 1+N, 1+2N, ...")
+FTDE_TRIPLETS = typer.Option(4, help="FTDE: random triplets per training item for each code inference.")
 DEVICE = typer.Option("auto", help="auto (CUDA when present), cpu or cuda.")
 
 
@@ -718,6 +726,9 @@ def train_hash(
     lam_warmup: int = LAM_WARMUP,
     alpha_ramp: Optional[str] = ALPHA_RAMP,
     ranking_margin: Optional[float] = RANKING_MARGIN,
+    continuation: str = CONTINUATION,
+    ftde_every: int = FTDE_EVERY,
+    ftde_triplets: int = FTDE_TRIPLETS,
     head: str = typer.Option("mlp", help="Hash network: linear or mlp."),
     hidden: int = typer.Option(512, help="Hidden width of the mlp head."),
     miner: str = MINER,
@@ -747,7 +758,8 @@ def train_hash(
     options = _train_options(epochs, batch_size, lr, optimizer, weight_decay, seed, early_stopping, miner,
                              classes_per_batch, samples_per_class, lr_milestones=lr_milestones, lr_gamma=lr_gamma)
     hash_options = HashOptions(alpha=alpha, lam=lam, lam_warmup=lam_warmup, alpha_ramp=alpha_ramp,
-                               margin=ranking_margin)
+                               margin=ranking_margin, continuation=continuation, ftde_every=ftde_every,
+                               ftde_triplets=ftde_triplets)
 
     def train(source: Path, out: Path, run_seed: int) -> Path:
         summary = run_train_hash(source, out, bits=bits, method=method, hash_options=hash_options, head=head,
@@ -849,6 +861,9 @@ def finetune(
     lam_warmup: int = LAM_WARMUP,
     alpha_ramp: Optional[str] = ALPHA_RAMP,
     ranking_margin: Optional[float] = RANKING_MARGIN,
+    continuation: str = CONTINUATION,
+    ftde_every: int = FTDE_EVERY,
+    ftde_triplets: int = FTDE_TRIPLETS,
     miner: str = typer.Option("semihard", help="Triplet source: a miner over P×K batches (all, hardest, semihard, "
                               "random-hard, distance-weighted) or random (--batch-size random "
                               "triplets per step)."),
@@ -895,7 +910,8 @@ def finetune(
     options = _train_options(epochs, batch_size, lr, optimizer, weight_decay, seed, early_stopping, miner,
                              classes_per_batch, samples_per_class, lr_milestones=lr_milestones, lr_gamma=lr_gamma)
     hash_options = HashOptions(alpha=alpha, lam=lam, lam_warmup=lam_warmup, alpha_ramp=alpha_ramp,
-                               margin=ranking_margin)
+                               margin=ranking_margin, continuation=continuation, ftde_every=ftde_every,
+                               ftde_triplets=ftde_triplets)
     options.check()
     hash_options.check()
     out = output or _default_output(f"{dataset}-{backbone}.finetune-{objective}.model.h5")

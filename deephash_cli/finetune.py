@@ -253,10 +253,13 @@ def read_resume(path: Path, fingerprint: dict[str, Any]) -> Checkpoint:
 
 
 def _objective(family: str, *, loss: str, margin: str, bits: int, method: str, hash_options: Any,
-               loss_options: Any = None, n_classes: int = 2, seed: int = 0) -> Objective:
+               loss_options: Any = None, data: Any = None) -> Objective:
     """``--objective``'s :class:`~deephash_cli.objectives.Objective` (one ``--margin`` value: fine-tuning trains
     one model)."""
+    from deephash_cli.hashing import TrainingData
     from deephash_cli.train_stages import parse_margins
+
+    data = data or TrainingData(2, np.zeros(0, np.int64), 0)  # options checked before the dataset is read
 
     if family == "triplet":
         from deephash_cli.embedding_losses import EMBEDDING_LOSSES
@@ -271,9 +274,9 @@ def _objective(family: str, *, loss: str, margin: str, bits: int, method: str, h
             raise DeephashError(f"--margin: fine-tuning trains one model, give one margin (got {margins}); choose it "
                                 f"with train-triplet's margin search on extracted features")
         return build_objective(family, loss=loss, margin=margins[0], bits=bits, method=method,
-                               hash_options=hash_options, loss_options=loss_options, n_classes=n_classes, seed=seed)
+                               hash_options=hash_options, loss_options=loss_options, data=data)
     return build_objective(family, loss=loss, margin=None, bits=bits, method=method, hash_options=hash_options,
-                           loss_options=loss_options, n_classes=n_classes, seed=seed)
+                           loss_options=loss_options, data=data)
 
 
 def run_finetune(output: Path, *, objective: str, dataset: str, data_dir: str | None, backbone: str, weights: str,
@@ -298,6 +301,7 @@ def run_finetune(output: Path, *, objective: str, dataset: str, data_dir: str | 
     """
     from deephash_cli.backbones import BACKBONES, build_backbone, resolve_device
     from deephash_cli.datasets import DATASETS, SPLIT_MODES, limit_per_class as limit, load_dataset, stratified_split
+    from deephash_cli.hashing import TrainingData
     from deephash_cli.extract import make_transform, parse_triple
 
     if backbone == "pixels":
@@ -336,18 +340,19 @@ def run_finetune(output: Path, *, objective: str, dataset: str, data_dir: str | 
     # The test split of a dataset without one is extract's (--split-seed = extract --seed), whatever the training
     # seed: extract --model then tests on images this run never trained on.
     data = load_dataset(dataset, data_dir, split=split, test_fraction=test_fraction, seed=split_seed)
-    built = _objective(objective, loss=loss, margin=margin, bits=bits, method=method, hash_options=hash_options,
-                       loss_options=loss_options, n_classes=len(data.class_names), seed=options.seed)
-    out_dim = built.out_dim or dim
-    # The architecture keys of the objective (as before the Objective existed, so checkpoints still resume).
-    extra = ({"method": method, "bits": bits, "produces": "codes"} if objective == "hash" else
-             {**built.record, "produces": "embeddings"})
+    out_dim = bits if objective == "hash" else dim
     train_all = limit(data.train, limit_per_class)
     try:
         keep, held = stratified_split(train_all.labels, val_fraction, options.seed)
     except DeephashError as err:
         raise DeephashError(f"--val-fraction {val_fraction}: {err}") from None
     train_source, val_source = train_all.subset(keep), train_all.subset(held)
+    training = TrainingData(len(data.class_names), np.asarray(train_source.labels), options.seed)
+    built = _objective(objective, loss=loss, margin=margin, bits=bits, method=method, hash_options=hash_options,
+                       loss_options=loss_options, data=training)
+    # The architecture keys of the objective (as before the Objective existed, so checkpoints still resume).
+    extra = ({"method": method, "bits": bits, "produces": "codes"} if objective == "hash" else
+             {**built.record, "produces": "embeddings"})
 
     # Everything that shapes the result; --resume refuses a checkpoint whose fingerprint differs.
     fingerprint = json.loads(json.dumps({
@@ -381,7 +386,7 @@ def run_finetune(output: Path, *, objective: str, dataset: str, data_dir: str | 
                              (lambda: (init_model.backbone, BACKBONES.get(backbone)))),
                       init_head=init_model.head if init_model is not None else None, parent=init,
                       head=head, out_dim=out_dim, hidden=hidden,
-                      objective=built, options=options, lr_backbone=lr_backbone,
+                      objective=built, training=training, options=options, lr_backbone=lr_backbone,
                       freeze_bn=freeze_bn, amp=amp, workers=workers, eval_batch_size=eval_batch_size,
                       image_size=image_size, transforms=(train_transform, eval_transform), checkpoint=checkpoint,
                       fingerprint=fingerprint,
@@ -396,7 +401,7 @@ def run_finetune(output: Path, *, objective: str, dataset: str, data_dir: str | 
 
 def _train(output: Path, *, context: distributed.DistContext, data: Any, train_source: ImageSource,
            val_source: ImageSource, build: Callable, init_head: Head | None, parent: Path | None, head: str,
-           out_dim: int, hidden: int, objective: Objective, options: TrainOptions, lr_backbone: float, freeze_bn: bool, amp: bool, workers: int,
+           out_dim: int, hidden: int, objective: Objective, training: Any, options: TrainOptions, lr_backbone: float, freeze_bn: bool, amp: bool, workers: int,
            eval_batch_size: int, image_size: int, transforms: tuple[Callable, Callable],
            checkpoint: Checkpoint | None, fingerprint: dict[str, Any], architecture: dict[str, Any]) -> dict[str, Any]:
     """Build the network, wrap it for DDP when distributed, and run ``train.fit`` with the image hooks."""
@@ -417,6 +422,9 @@ def _train(output: Path, *, context: distributed.DistContext, data: Any, train_s
                                                batch_size=eval_batch_size, workers=workers,
                                                context=context).to(device))
     forward: nn.Module = net
+    # FTDE infers its codes from the current outputs of every training image (no augmentation).
+    training.outputs = lambda: embed_source(net, train_source, eval_transform, image_size, batch_size=eval_batch_size,
+                                            workers=workers, context=context)
     if context.enabled:
         from torch.nn.parallel import DistributedDataParallel
 

@@ -98,28 +98,29 @@ def embedding_objective(loss: str, margin: float | None, n_classes: int, loss_op
     return Objective("triplet", loss, module, spec.output, None, lambda epoch: {}, record)
 
 
-def hash_objective(method: str, bits: int, hash_options: Any, n_classes: int, seed: int) -> Objective:
-    """The hash method ``method`` at ``bits`` bits (``n_classes`` and ``seed``: for methods with class centres or a
-    classifier)."""
+def hash_objective(method: str, bits: int, hash_options: Any, data: Any) -> Objective:
+    """The hash method ``method`` at ``bits`` bits; ``data``: the :class:`~deephash_cli.hashing.TrainingData` it
+    may read (classes for centres or a classifier, labels and current outputs for FTDE's code inference)."""
     from deephash_cli.hashing import HASH_METHODS, check_bits
 
     check_bits(bits)
     spec = HASH_METHODS.get(method)
     hash_options.check()
-    if spec.needs_labels and n_classes < 2:
+    if spec.needs_labels and data.n_classes < 2:
         raise DeephashError(f"--method {method} learns from class labels and needs at least two classes, found "
-                            f"{n_classes}")
-    module = spec.make_loss(bits, hash_options, n_classes, seed)
+                            f"{data.n_classes}")
+    module = spec.make_loss(bits, hash_options, data)
     record = {"method": method, "bits": bits, **hash_options.__dict__, "lam": spec.lam(hash_options)}
     return Objective("hash", method, module, spec.output, bits,
-                     lambda epoch: spec.schedule(module, bits, epoch, hash_options), record, spec.needs_labels)
+                     lambda epoch: spec.schedule(module, bits, epoch, hash_options, data), record, spec.needs_labels)
 
 
 def build_objective(family: str, *, loss: str, margin: float | None, bits: int, method: str, hash_options: Any,
-                    loss_options: Any = None, n_classes: int = 2, seed: int = 0) -> Objective:
-    """``finetune --objective``: ``triplet`` (an embedding loss) or ``hash`` (a hash method)."""
+                    data: Any, loss_options: Any = None) -> Objective:
+    """``finetune --objective``: ``triplet`` (an embedding loss) or ``hash`` (a hash method); ``data``: the
+    :class:`~deephash_cli.hashing.TrainingData`."""
     if family == "triplet":
-        return embedding_objective(loss, margin, n_classes, loss_options)
+        return embedding_objective(loss, margin, data.n_classes, loss_options)
     if family == "hash":
-        return hash_objective(method, bits, hash_options, n_classes, seed)
+        return hash_objective(method, bits, hash_options, data)
     raise DeephashError(f"unknown objective '{family}'; valid names: {', '.join(FAMILIES)}")

@@ -216,13 +216,13 @@ def fit(model: nn.Module, loss_fn: nn.Module, train_x: torch.Tensor, train_y: to
     for epoch in range(first_epoch, options.epochs + 1):
         if stopped:
             break
+        start = time.perf_counter()  # the schedule's work (FTDE's code inference) counts as the epoch's
         schedule = before_epoch(epoch) if before_epoch else {}
         if options.lr_milestones:
             factor = lr_factor(epoch, options.lr_milestones, options.lr_gamma)
             for group, base_lr in zip(optimizer.param_groups, base_lrs):
                 group["lr"] = base_lr * factor
             schedule = {**schedule, "lr_factor": factor}
-        start = time.perf_counter()
         model.train()
         loss_sum, active_sum, steps = 0.0, 0.0, 0
 
@@ -260,7 +260,8 @@ def fit(model: nn.Module, loss_fn: nn.Module, train_x: torch.Tensor, train_y: to
                     warn(f"epoch {epoch}: embeddings collapsed (all pairwise distances ≈ 0), a known failure of "
                          f"hard mining; try --miner semihard or a lower --lr")
                     collapse_warned = True
-            loss = loss_fn(embeddings, batch_labels, triplets, reduction=reduction_override)
+            extra = {"rows": rows} if getattr(loss_fn, "uses_rows", False) else {}  # FTDE: the rows' inferred codes
+            loss = loss_fn(embeddings, batch_labels, triplets, reduction=reduction_override, **extra)
             _check_finite(loss, epoch, step)
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()  # without amp: loss.backward() and optimizer.step()

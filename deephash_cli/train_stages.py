@@ -20,6 +20,7 @@ from deephash_cli.artifacts import Artifact, Split
 from deephash_cli.datasets import stratified_split
 from deephash_cli.embedding_losses import EMBEDDING_LOSSES, LossOptions
 from deephash_cli.errors import DeephashError
+from deephash_cli.hashing import TrainingData
 from deephash_cli.heads import Head, build_head, load_state_arrays, state_arrays
 from deephash_cli.objectives import Objective, binarize, embedding_objective, hash_objective, validation_map
 from deephash_cli.train import FitResult, TrainOptions, as_tensor, embed, fit
@@ -226,7 +227,7 @@ def run_train_hash(features_path: Path, output: Path, *, bits: int, method: str,
                    hidden: int, val_fraction: float, options: TrainOptions, device: torch.device,
                    force: bool) -> dict[str, Any]:
     """Train a hash head (features -> bits real outputs -> sign); save it as a model artifact."""
-    hash_objective(method, bits, hash_options, 2, options.seed)  # checks bits, method and options first
+    hash_objective(method, bits, hash_options, TrainingData(2, np.zeros(0, np.int64), options.seed))  # checks first
     options.check()
     artifacts.check_output(output, force)
     features_sha256 = artifacts.check_input(features_path)  # recorded as it was read, whatever happens to it later
@@ -235,9 +236,11 @@ def run_train_hash(features_path: Path, output: Path, *, bits: int, method: str,
     train_x, train_y, val_x = data.tensors(device)
 
     torch.manual_seed(options.seed)
-    objective = hash_objective(method, bits, hash_options, len(data.artifact.class_names), options.seed)
+    training = TrainingData(len(data.artifact.class_names), train.labels, options.seed)
+    objective = hash_objective(method, bits, hash_options, training)
     model = Head(head, train.features.shape[1], bits, hidden, objective.head_output).to(device)
     model.fit_standardizer(train_x)
+    training.outputs = lambda: embed(model, train_x)
 
     def validate(model: torch.nn.Module) -> float:
         return objective.score(embed(model, val_x), val.labels)

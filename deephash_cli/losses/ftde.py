@@ -63,3 +63,27 @@ class FTDELoss(TripletLoss):
         active = (terms.detach() > self.ACTIVE_THRESHOLD).sum()
         self.last_active_fraction = (active.to(torch.float32) / max(terms.numel(), 1)).detach()
         return loss
+
+
+class FTDECodesLoss(FTDELoss):
+    """:class:`FTDELoss` against the inferred codes of every training item, held by the loss.
+
+    ``codes (n, bits)`` float ±1 is a buffer (so checkpoints carry it and ``--resume`` continues with the
+    codes of the last inference); :meth:`set_codes` replaces it after each step-1 inference. A training loop
+    passes the batch's training rows (``uses_rows``): ``loss(x (B, bits), labels, rows=rows (B,) int64)``.
+    """
+
+    uses_rows = True
+
+    def __init__(self, n_items: int, bits: int, reduction: str = "mean") -> None:
+        super().__init__(reduction)
+        self.register_buffer("codes", torch.ones(n_items, bits))
+
+    def set_codes(self, codes) -> None:
+        """Replace the targets with ``codes (n, bits)`` ±1."""
+        self.codes.copy_(torch.as_tensor(codes, dtype=self.codes.dtype))
+
+    def forward(self, embeddings, labels=None, triplets=None, reduction=None, targets=None, rows=None):
+        if rows is None:
+            raise ValueError("FTDECodesLoss needs rows=, the training rows (B,) of the batch")
+        return super().forward(embeddings, labels, triplets, reduction, targets=self.codes[rows.to(self.codes.device)])
