@@ -402,3 +402,25 @@ def test_the_test_split_of_a_dataset_without_one_does_not_follow_the_training_se
     assert invoke(runner, *base, "--seed", "3", "--split-seed", "3", "-o", str(tmp_path / "b.model.h5")).exit_code == 0
     config = read_header(tmp_path / "b.model.h5")["config"]
     assert config["split"]["seed"] == 3 and "split_seed" not in config["fingerprint"]  # old checkpoints resume
+
+
+@pytest.mark.parametrize("method, extra", [("ftde", ["--ftde-every", "2"]), ("hashnet", ["--continuation", "1:4:1"])])
+def test_hash_methods_with_state_and_schedules_resume_exactly(runner, workspace, tmp_path, method, extra):
+    """FTDE's inferred codes (a buffer of the loss) and HashNet's β ramp continue after --resume as if uninterrupted."""
+    common = args(workspace, "--objective", "hash", "--method", method, "--bits", "8", *extra)
+    full, part = tmp_path / "full.model.h5", tmp_path / "part.model.h5"
+    assert invoke(runner, *common, "--epochs", "3", "-o", str(full)).exit_code == 0
+    assert invoke(runner, *common, "--epochs", "2", "-o", str(part)).exit_code == 0
+    resumed = invoke(runner, *common, "--epochs", "3", "-o", str(part), "--resume")
+    assert resumed.exit_code == 0, resumed.output
+    _, expected = read_checkpoint(full)
+    _, found = read_checkpoint(part)
+    if method == "ftde":
+        assert "loss/codes" in found and set(np.unique(found["loss/codes"])) <= {-1.0, 1.0}
+    for name in expected:
+        np.testing.assert_array_equal(found[name], expected[name], err_msg=name)
+    history = read_artifact(part).history
+    if method == "hashnet":
+        assert [row["beta"] for row in history] == [1, 2, 4]
+    else:
+        assert [row["epoch"] for row in history if "ftde_satisfied" in row] == [1, 3]
