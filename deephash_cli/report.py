@@ -35,7 +35,7 @@ from deephash_cli.info import bits_of, key_config, method_of, seconds_of
 
 PATTERNS = ("*.h5", "*.hdf5")
 DASH = "—"
-METRICS = ("map", "knn", "p100", "seconds")
+METRICS = ("map", "map_pess", "map_opt", "knn", "p100", "seconds")
 
 
 def find_artifacts(folder: Path, recursive: bool) -> list[Path]:
@@ -125,11 +125,13 @@ def table_rows(entries: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
                 "seconds_unit": None if seconds is None else "s/epoch" if seconds["per"] == "epoch" else "s extract",
                 "command": header.get("command")}
         if not entry["evaluations"]:
-            rows.append({**base, "map": None, "knn": None, "p100": None, "evaluation": None, "current": True,
+            rows.append({**base, "map": None, "map_pess": None, "map_opt": None, "knn": None, "p100": None,
+                         "evaluation": None, "current": True,
                          "eval_command": None, "key": group_key(config, header["kind"], None)})
         for record in entry["evaluations"]:
             setting = record["setting"]
-            rows.append({**base, "map": record.get("map"), "knn": record.get("knn_accuracy"),
+            rows.append({**base, "map": record.get("map"), "map_pess": record.get("map_pessimistic"),
+                         "map_opt": record.get("map_optimistic"), "knn": record.get("knn_accuracy"),
                          "p100": (record.get("precision_at") or {}).get("100"),
                          "evaluation": f"{setting.get('protocol')}/{setting.get('distance')}",
                          "selection": record.get("selection"), "current": record["current"],
@@ -144,7 +146,7 @@ def group_rows(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
     grouped = []
     for members in group(rows, key=lambda row: row["key"], order=lambda row: (row["file"], row["evaluation"] or "")):
         first = members[0]
-        summaries = {name: summarize([float(m[name]) for m in members if m[name] is not None])
+        summaries = {name: summarize([float(m[name]) for m in members if m.get(name) is not None])
                      for name in (*METRICS, "val_map")}
         grouped.append({**{key: first[key] for key in ("kind", "dataset", "backbone", "stage", "method", "bits",
                                                         "evaluation", "current", "seconds_unit")},
@@ -165,6 +167,15 @@ def _statistic(summary: Summary | None, n: int, digits: int = 4, unit: str = "")
     return text + (f" (n={summary.n})" if 1 < n != summary.n else "")
 
 
+def _bounds(row: Mapping[str, Any]) -> str:
+    """'0.6928–0.7396': the pessimistic and optimistic mAP (relevant items last / first inside every tie), means
+    over the group; a dash for float distances without ties worth showing (equal to 4 decimals) or no record."""
+    low, high = row.get("map_pess"), row.get("map_opt")
+    if low is None or high is None or f"{low.mean:.4f}" == f"{high.mean:.4f}":
+        return DASH
+    return f"{low.mean:.4f}–{high.mean:.4f}"
+
+
 def _seed_cell(row: Mapping[str, Any]) -> str:
     seeds = row["seeds"]
     if row["n"] == 1:
@@ -183,11 +194,12 @@ def markdown(folder: Path, rows: Sequence[Mapping[str, Any]], skipped: Sequence[
              f"{len(files)} artifacts, {evaluations} recorded evaluations. Metrics are as recorded by `deephash "
              f"evaluate --record` (nothing recomputed); seconds are training seconds per epoch or extraction "
              f"seconds. Artifacts that differ only in their seed are one row: mean ± sample standard deviation "
-             f"(ddof = 1) over the n runs listed under seed. threads: torch's intra-op threads in the run that "
+             f"(ddof = 1) over the n runs listed under seed. mAP bounds: the tie-aware mAP's pessimistic–optimistic "
+             f"range (relevant items last / first inside each group of equal distances). threads: torch's intra-op threads in the run that "
              f"wrote the file (rerun with OMP_NUM_THREADS set to it). `#` refers to the commands below.", "",
-             "| # | dataset | backbone | stage | method | bits | seed | mAP | kNN | P@100 | evaluation | threads | "
-             "seconds | file |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| # | dataset | backbone | stage | method | bits | seed | mAP | mAP bounds | kNN | P@100 | evaluation | "
+             "threads | seconds | file |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     stale = repeated = False
     for number, row in enumerate(rows, 1):
         mark = "" if row["current"] else " †"
@@ -196,6 +208,7 @@ def markdown(folder: Path, rows: Sequence[Mapping[str, Any]], skipped: Sequence[
         repeated |= seed.endswith("‡")
         cells = [str(number), row["dataset"] or DASH, row["backbone"] or DASH, row["stage"] or row["kind"],
                  row["method"] or DASH, row["bits"] or DASH, seed, _statistic(row["map"], row["n"]) + mark,
+                 _bounds(row),
                  _statistic(row["knn"], row["n"]), _statistic(row["p100"], row["n"]), row["evaluation"] or DASH,
                  ",".join(row["threads"]) or DASH,
                  _statistic(row["seconds"], row["n"], digits=2, unit=row["seconds_unit"] or ""),

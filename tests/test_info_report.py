@@ -142,18 +142,21 @@ def test_report_table_commands_and_figures(runner, tmp_path):
     rows = {line.split("|")[-2].strip(" `"): [c.strip() for c in line.split("|")[1:-1]]
             for line in text.splitlines() if line.startswith("| ") and "`" in line}
     assert set(rows) == {"f.h5", "emb.h5", "h.model.h5", "codes.h5"}
-    # columns: # dataset backbone stage method bits seed mAP kNN P@100 evaluation threads seconds file
+    # columns: # dataset backbone stage method bits seed mAP bounds kNN P@100 evaluation threads seconds file
     for name, res in results.items():
         row = rows[name]
-        assert row[7] == f"{res['map']:.4f}" and row[8] == f"{res['knn_accuracy']:.4f}"
-        assert row[9] == f"{res['precision_at']['100']:.4f}"
+        assert row[7] == f"{res['map']:.4f}" and row[9] == f"{res['knn_accuracy']:.4f}"
+        assert row[10] == f"{res['precision_at']['100']:.4f}"
         assert row[1:3] == ["blobs", "synthetic"]
+        low, high = f"{res['map_pessimistic']:.4f}", f"{res['map_optimistic']:.4f}"
+        assert row[8] == ("—" if low == high else f"{low}–{high}")
+    assert rows["codes.h5"][8] != "—"  # 8-bit codes of 160 items: ties, so the bounds differ
     assert rows["codes.h5"][3:7] == ["encode", "triplet-ranking + random", "8", "0"]  # the model's seed
     assert rows["emb.h5"][3:5] == ["train-triplet", "facenet + semihard"]
     assert rows["f.h5"][6] == "—"  # not trained: no seed
     history = read_artifact(emb).history
-    assert rows["emb.h5"][12] == f"{np.mean([h['seconds'] for h in history]):.2f} s/epoch"
-    assert rows["emb.h5"][11] == read_artifact(emb).attrs["versions"]["torch_threads"]
+    assert rows["emb.h5"][13] == f"{np.mean([h['seconds'] for h in history]):.2f} s/epoch"
+    assert rows["emb.h5"][12] == read_artifact(emb).attrs["versions"]["torch_threads"]
     assert rows["h.model.h5"][7] == "—"
     # Every figure's command: the producing command and the evaluation command.
     assert f"`emb.h5` made by `{read_artifact(emb).attrs['command']}`" in text

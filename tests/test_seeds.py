@@ -224,14 +224,14 @@ def test_report_shows_seed_groups_as_mean_and_std(runner, tmp_path, features_fil
     rows = [[cell.strip() for cell in line.split("|")[1:-1]] for line in text.splitlines()
             if line.startswith("| ") and "`" in line]
     by_file = {row[-1]: row for row in rows}
-    # columns: # dataset backbone stage method bits seed mAP kNN P@100 evaluation threads seconds file
+    # columns: # dataset backbone stage method bits seed mAP bounds kNN P@100 evaluation threads seconds file
     grouped = by_file["`h.seed0.codes.h5`, `h.seed1.codes.h5`"]
     assert grouped[6] == "n=2: 0, 1"
     assert grouped[7] == f"{np.mean(maps[:2]):.4f} ± {np.std(maps[:2], ddof=1):.4f}"
     knn = [read_records(folder / f"h.seed{s}.codes.h5")[0]["knn_accuracy"] for s in (0, 1)]
-    assert grouped[8] == f"{np.mean(knn):.4f} ± {np.std(knn, ddof=1):.4f}"
-    assert grouped[11] == str(torch.get_num_threads())
-    assert " ± " in by_file["`h.seed0.model.h5`, `h.seed1.model.h5`"][12]  # seconds per epoch too
+    assert grouped[9] == f"{np.mean(knn):.4f} ± {np.std(knn, ddof=1):.4f}"
+    assert grouped[12] == str(torch.get_num_threads())
+    assert " ± " in by_file["`h.seed0.model.h5`, `h.seed1.model.h5`"][13]  # seconds per epoch too
     single = by_file["`g.codes.h5`"]
     assert single[6] == "0" and single[7] == f"{maps[2]:.4f}" and "±" not in "".join(single)
     assert "n=" not in "".join(single)
