@@ -160,7 +160,7 @@ HASH_METHODS.register("greedyhash")(HashMethod(
     "greedyhash", "raw",
     make_loss=lambda bits, o, data: GreedyHashLoss(bits, data.n_classes, HASH_METHODS.get("greedyhash").lam(o),
                                                     seed=data.seed),
-    schedule=lambda loss, bits, epoch, o, data: {"lam": loss.alpha},
+    schedule=lambda loss, bits, epoch, o, data: {"lam": loss.lam},
     default_lam=0.1, needs_labels=True,
 ))
 

@@ -176,7 +176,7 @@ def test_greedyhash_loss_matches_the_formula_and_passes_the_gradient_straight_th
     torch.manual_seed(0)
     h = torch.randn(6, 5, dtype=torch.float64, requires_grad=True)
     labels = torch.tensor([0, 1, 2, 3, 0, 1])
-    loss = GreedyHashLoss(5, 4, alpha=0.1, seed=2).double()
+    loss = GreedyHashLoss(5, 4, lam=0.1, seed=2).double()
     value = loss(h, labels)
     expected = _greedyhash_reference(h.detach(), labels, loss.classifier.weight.detach(),
                                      loss.classifier.bias.detach(), 0.1)

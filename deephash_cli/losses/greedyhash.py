@@ -34,19 +34,20 @@ class GreedyHashLoss(LabelLoss):
     Raw outputs ``h (B, bits)``; ``b = sign(h)`` forward, ``∂L/∂h = ∂L/∂b`` backward; a linear classifier
     ``W b + c`` (owned by the loss, trained with the head's learning rate) gives class logits::
 
-        L = CE(W b + c, y) + α · mean_{i,k} |(|h_ik| − 1)³|
+        L = CE(W b + c, y) + λ · mean_{i,k} |(|h_ik| − 1)³|
 
-    ``alpha`` (α) is a plain attribute; the paper's code uses 0.1 with cubic power. Needs class labels.
+    ``lam`` (λ, the paper's α) is a plain attribute; the paper's code uses 0.1 with the cubic power. Needs class
+    labels.
 
     Call: ``loss(h (B, bits) float, labels (B,) int64 in [0, n_classes)) -> scalar``.
     """
 
-    def __init__(self, bits: int, n_classes: int, alpha: float, seed: int = 0) -> None:
+    def __init__(self, bits: int, n_classes: int, lam: float, seed: int = 0) -> None:
         super().__init__()
         with torch.random.fork_rng(devices=[]):  # the classifier's initial weights depend on the seed only
             torch.manual_seed(seed)
             self.classifier = nn.Linear(bits, n_classes)
-        self.alpha = float(alpha)
+        self.lam = float(lam)
 
     def parameter_groups(self) -> list[dict]:
         return [{"params": list(self.classifier.parameters())}]
@@ -54,4 +55,4 @@ class GreedyHashLoss(LabelLoss):
     def loss(self, embeddings, labels):
         logits = self.classifier(sign_straight_through(embeddings))
         penalty = (embeddings.abs() - 1).pow(3).abs().mean()
-        return F.cross_entropy(logits, labels) + self.alpha * penalty
+        return F.cross_entropy(logits, labels) + self.lam * penalty
