@@ -624,8 +624,8 @@ METHOD = typer.Option("triplet-ranking", help="Hash method. From similar/dissimi
                       "cross-entropy; --ftde-every, --ftde-triplets).")
 ALPHA = typer.Option(None, help="DTSH margin α, > 0 (default bits/2, the paper's constant); HashNet's sigmoid "
                      "scale α (default 10/bits, the official code's).")
-LAMBDA = typer.Option(None, "--lambda", help="Quantisation weight λ ≥ 0 (dtsh default 1, centers 1e-4, "
-                      "greedyhash 0.1).")
+LAMBDA = typer.Option(None, "--lambda", help="Quantisation weight λ ≥ 0 (dtsh default 1/bits, i.e. the penalty "
+                      "averaged over the bits; centers 1e-4; greedyhash 0.1).")
 LAM_WARMUP = typer.Option(0, help="DTSH: λ = 0 for the first N ≥ 0 epochs (schedule).")
 ALPHA_RAMP = typer.Option(None, help="DTSH: START:END:EVERY, α starts at START and doubles every EVERY epochs up "
                           "to END, e.g. 1:16:2 (schedule).")

@@ -11,6 +11,7 @@ SHA-256 is compared with the child's ``parent_sha256``: ``ok``, ``changed`` or `
 from __future__ import annotations
 
 import json
+import math
 import os
 from pathlib import Path
 from typing import Any, Iterable, Mapping
@@ -41,7 +42,8 @@ def lineage_value(config: Mapping[str, Any], key: str) -> Any:
 def method_of(config: Mapping[str, Any]) -> str | None:
     """The loss or hash method and the triplet source: 'facenet + semihard', 'dtsh + random', 'pixels'.
 
-    DTSH trained with a λ warm-up or an α ramp is named 'dtsh-schedule'.
+    DTSH trained with a λ warm-up or an α ramp is named 'dtsh-schedule'; other constants than the defaults
+    (λ = 1/bits, α = bits/2) are named, e.g. 'dtsh λ=1' (the paper's).
     """
     stage = config.get("stage")
     model_config = config.get("model_config") if isinstance(config.get("model_config"), dict) else {}
@@ -51,6 +53,13 @@ def method_of(config: Mapping[str, Any]) -> str | None:
         return None
     if name == "dtsh" and training and (training.get("alpha_ramp") or training.get("lam_warmup")):
         name = "dtsh-schedule"  # a different method in effect; keep it apart in tables and plots
+    elif name == "dtsh" and training and isinstance(training.get("bits"), int):
+        bits, lam, alpha = training["bits"], training.get("lam"), training.get("alpha")
+        # Constants other than the defaults (λ = 1/bits, α = bits/2) are named, e.g. the paper's 'dtsh λ=1'.
+        if isinstance(lam, (int, float)) and not math.isclose(lam, 1 / bits):
+            name += f" λ={lam:g}"
+        if isinstance(alpha, (int, float)) and not math.isclose(alpha, bits / 2):
+            name += f" α={alpha:g}"
     miner = training.get("miner") if training else None
     return f"{name} + {miner or 'random'}" if training else str(name)
 

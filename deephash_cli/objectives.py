@@ -110,7 +110,7 @@ def hash_objective(method: str, bits: int, hash_options: Any, data: Any) -> Obje
         raise DeephashError(f"--method {method} learns from class labels and needs at least two classes, found "
                             f"{data.n_classes}")
     module = spec.make_loss(bits, hash_options, data)
-    record = {"method": method, "bits": bits, **hash_options.__dict__, "lam": spec.lam(hash_options)}
+    record = {"method": method, "bits": bits, **hash_options.__dict__, "lam": spec.lam(hash_options, bits)}
     return Objective("hash", method, module, spec.output, bits,
                      lambda epoch: spec.schedule(module, bits, epoch, hash_options, data), record, spec.needs_labels)
 

@@ -257,3 +257,14 @@ def test_artifacts_record_the_thread_count_and_info_shows_it(runner, tmp_path):
     assert info["versions"]["torch_deterministic"] in ("true", "false")
     text = invoke(runner, "info", out).stdout
     assert f"{torch.get_num_threads()} intra-op threads" in text
+
+
+def test_dtsh_constants_other_than_the_defaults_are_named():
+    from deephash_cli.info import method_of
+
+    assert method_of({"stage": "train-hash", "method": "dtsh", "bits": 48, "lam": 1 / 48, "alpha": None,
+                      "miner": "all"}) == "dtsh + all"
+    assert method_of({"stage": "train-hash", "method": "dtsh", "bits": 48, "lam": 1.0, "alpha": 24.0,
+                      "miner": "all"}) == "dtsh λ=1 + all"
+    assert method_of({"stage": "train-hash", "method": "dtsh", "bits": 48, "lam": 0.02, "alpha": 5.0,
+                      "miner": None}) == "dtsh λ=0.02 α=5 + random"
