@@ -84,7 +84,9 @@ def test_train_hash_encode_evaluate_chain(runner, tmp_path, features_file):
                     "--lam-warmup", "1", "--alpha-ramp", "1:4:1", *FAST)
     assert result.exit_code == 0, result.output
     history = read_artifact(model).history
-    assert [row["alpha"] for row in history] == [1.0, 2.0, 4.0] and [row["lam"] for row in history] == [0, 1, 1]
+    # λ: 0 during the warm-up, then the default 1/bits (the penalty averaged over the 12 bits)
+    assert [row["alpha"] for row in history] == [1.0, 2.0, 4.0] and [row["lam"] for row in history] == [0, 1 / 12,
+                                                                                                         1 / 12]
     result = invoke(runner, "encode", features_file, "--model", model, "-o", codes)
     assert result.exit_code == 0, result.output
     art = read_artifact(codes)
