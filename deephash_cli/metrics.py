@@ -698,6 +698,24 @@ def _blas_threads(n: int | None):
     return threadpool_limits(n, user_api="blas")
 
 
+@contextlib.contextmanager
+def _torch_one_thread():
+    """Context in which torch runs every op on the calling thread (its setting is restored
+    after).  The float pass calls torch.bincount from its worker threads once per block of
+    rows; torch's own intra-op threads (it checks the input's min and max in parallel) would
+    fork and join on every call and compete with the workers for the cores."""
+    torch = _torch()
+    if torch is None:  # pragma: no cover - torch is a project dependency
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def _workers(n_tasks: int) -> int:
     """Worker threads for the chunk pipeline: at most 2 (more only adds memory traffic)."""
     return max(1, min(2, os.cpu_count() or 1, n_tasks))
@@ -852,84 +870,136 @@ def _block_minima(D: np.ndarray, k: int, w: int) -> tuple[np.ndarray, np.ndarray
 
 
 class _FloatScratch:
-    """Reusable per-chunk buffers of the float pass (one per chunk that can be pending)."""
+    """Reusable per-chunk buffers of the float pass (one per chunk that can be pending).
+
+    The bucket tables keep a clean state between blocks: T is +inf and ``inc`` is zero except
+    at row starts; :func:`_block_ranks` writes only the relevant buckets and restores them.
+    """
 
     def __init__(self, rows: int, n: int):
-        B, b = _FLOAT_BUCKETS, min(_FLOAT_BLOCK_ROWS, rows)
+        G, b = _FLOAT_BUCKETS, min(_FLOAT_BLOCK_ROWS, rows)
         self.dist = np.empty((rows, n), dtype=np.float32)
         self.scaled = np.empty((b, n), dtype=np.float32)
-        self.idx = np.empty((b, n), dtype=np.intp)
-        self.q = np.empty((b, n), dtype=np.intp)
-        self.nxt = np.empty((b, n), dtype=np.float32)
+        self.idx = np.empty((b, n), dtype=np.int32)  # row·G + bucket
+        self.q = np.empty((b, n), dtype=np.int32)  # row·(R+1) + relevant distances <= the item
+        self.thr = np.empty((b, n), dtype=np.float32)  # first relevant distance of the item's bucket
         self.ge = np.empty((b, n), dtype=bool)
-        self.ge2 = np.empty((b, n), dtype=bool)
-        self.L = np.empty((b, B), dtype=np.intp)
+        self.eq = np.empty((b, n), dtype=bool)
+        # Bucket tables of the block's rows, end to end (b·G entries).
+        self.T = np.full(b * G, np.inf, dtype=np.float32)
+        self.inc = np.zeros(b * G, dtype=np.int32)
+        self.inc[G::G] = 1  # a new row adds W − R = 1 (its last bucket, reserved, holds none)
+        self.L = np.empty(b * G, dtype=np.int32)
 
 
-def _block_ranks(D, idx, lo, scale, members, self_cols, S):
+# Added to the bucket table of buckets holding two or more relevant distances: their items
+# are finished one by one (rare); table values stay below it (they are < rows·(R+1)).
+_FLOAT_MULTI = 1 << 30
+
+
+def _gather(table: np.ndarray, idx: np.ndarray, out: np.ndarray) -> None:
+    """out[...] = table[idx] for a 1-D table and int32 indices of out's shape (all valid).
+
+    torch.index_select takes the int32 indices as they are (numpy's take would first convert
+    them to intp) and releases the GIL; numpy is the fallback without torch.
+    """
+    torch = _torch()
+    if torch is None:  # pragma: no cover - torch is a project dependency
+        np.take(table, idx, out=out, mode="clip")
+        return
+    torch.index_select(
+        torch.from_numpy(table), 0, torch.from_numpy(idx.reshape(-1)), out=torch.from_numpy(out.reshape(-1))
+    )
+
+
+def _block_ranks(D, idx, members, self_cols, S):
     """Relevant ranks of a block of rows that share a label.
 
-    D (b, n) float32 distances; the relevant columns are ``members`` (the database items
-    with the rows' label); under leave-one-out ``self_cols`` (b,) are the own items, at
-    distance inf (overwritten here).  idx (b, n) intp bucket of every distance: trunc((d -
-    lo) * scale) in float32, non-decreasing in d; the own item in the reserved last bucket.
+    D (b, n) float32 distances; the relevant columns are ``members`` (sorted database
+    indices of the rows' label); under leave-one-out ``self_cols`` (b,) are the own items, at
+    distance +inf.  idx (b, n) int32: row·G + bucket of every distance (G = _FLOAT_BUCKETS),
+    the bucket non-decreasing in d along a row, the own item in the reserved bucket G − 1.
 
     Returns rs (b, R) the relevant distances ascending (own item dropped), cnt (b, R+1) the
     number of irrelevant items with q = j relevant distances <= them, and eqc (b, R+1) how
     many of those equal the relevant distance rs[:, j-1].
+
+    Per row, two tables over the buckets: L[u] = row·(R+1) + number of relevant distances in
+    lower buckets, T[u] = smallest relevant distance in bucket u (+inf if none).  An item at
+    distance d in bucket u has q = L[u] + (d >= T[u]) unless its bucket holds two or more
+    relevant distances (flagged in L, finished by :func:`_advance`); d == T[u] marks a tie.
+    Per item: two gathers and a few comparisons; the histogram of q gives cnt.
     """
     b, n = D.shape
-    B = _FLOAT_BUCKETS
+    G = _FLOAT_BUCKETS
+    rows = np.arange(b)
     rel = D.take(members, axis=1, mode="clip")
-    with np.errstate(invalid="ignore", over="ignore"):  # the own item: inf
-        rb = np.multiply(rel - lo[:, None], scale[:, None]).astype(np.uint16)  # = idx[:, members]
-    if self_cols is not None:
-        rb[np.arange(b), np.searchsorted(members, self_cols)] = B - 1
-    rs, rbs = _sort_relevant(rel, rb)
+    rb = idx.take(members, axis=1, mode="clip")
+    rb -= (rows * G)[:, None].astype(np.int32)
+    rs, rbs = _sort_relevant(rel, rb.astype(np.uint16))
     if self_cols is not None:  # the own item (inf, last bucket) is sorted last
         rs, rbs = rs[:, :-1], rbs[:, :-1]
-        D[np.arange(b), self_cols] = -np.inf  # below every distance: never counted above a relevant one
     R = rs.shape[1]
     W = R + 1
-    rows = np.arange(b, dtype=np.int64)
-    # Flat (row·W + j) arrays: A = relevant distances + inf; A2[j] = A[j+1] if that item is
-    # in the same bucket as item j, else inf.
-    A = np.full((b, W), np.inf, dtype=np.float32)
-    A[:, :R] = rs
-    A2 = np.full((b, W), np.inf, dtype=np.float32)
-    A2[:, : R - 1] = np.where(rbs[:, 1:] == rbs[:, :-1], rs[:, 1:], np.inf)
-    A, A2 = A.reshape(-1), A2.reshape(-1)
-    # Table L[row, bucket] = row·W + number of relevant distances in lower buckets.
-    hist = np.bincount((rbs + (rows * (B + 1) + 1)[:, None]).reshape(-1), minlength=b * (B + 1))
-    hist[:: B + 1] = rows * W
-    L = S.L[:b]
-    np.cumsum(hist.reshape(b, B + 1)[:, :B], axis=1, out=L)
-    q = S.q[:b]
-    for r in range(b):
-        L[r].take(idx[r], out=q[r], mode="clip")  # indices are valid: "clip" skips the checks
+    # Runs of relevant distances sharing a bucket: first flat index (row·R + j) of each.
+    first = np.ones((b, R), dtype=bool)
+    first[:, 1:] = rbs[:, 1:] != rbs[:, :-1]
+    fpos = np.flatnonzero(first)
+    run = np.diff(np.append(fpos, b * R))  # rows start new runs: lengths stay within a row
+    slot = (fpos // R) * G + rbs.reshape(-1).take(fpos)
+    # L is the running sum of its increments: a run of r relevant distances in bucket u adds
+    # r from bucket u + 1 on (u + 1 stays inside the row: distances use buckets 0..G-2).
+    T, inc, L = S.T[: b * G], S.inc[: b * G], S.L[: b * G]
+    inc[slot + 1] = run
+    np.cumsum(inc, out=L)
+    inc[slot + 1] = 0
+    multi = slot[run > 1]
+    L[multi] += _FLOAT_MULTI
+    T[slot] = rs.reshape(-1).take(fpos)
+    # Per item: q = L[u] + (d >= T[u]), tie when d == T[u].
+    q, t, ge, eq = S.q[:b], S.thr[:b], S.ge[:b], S.eq[:b]
+    _gather(L, idx, q)
+    _gather(T, idx, t)
+    np.greater_equal(D, t, out=ge)
+    np.equal(D, t, out=eq)
+    np.add(q, ge.view(np.uint8), out=q, casting="unsafe")
     q[:, members] = (rows * W + R)[:, None]  # relevant columns: counted in bin R, removed below
-    # q = #relevant <= x: those in lower buckets (L), plus those of the item's own bucket
-    # that are <= x; all but a few buckets hold at most two relevant items.
-    nxt, ge, ge2 = S.nxt[:b], S.ge[:b], S.ge2[:b]
-    A.take(q, out=nxt, mode="clip")
-    np.equal(D, nxt, out=ge)
-    eq_pos = np.flatnonzero(ge)  # ties (rare)
-    np.greater_equal(D, nxt, out=ge)
-    A2.take(q, out=nxt, mode="clip")
-    np.greater_equal(D, nxt, out=ge2)
-    np.add(ge.view(np.uint8), ge2.view(np.uint8), out=ge.view(np.uint8))  # 0, 1 or 2
-    np.add(q, ge.view(np.uint8), out=q)
+    eq[:, members] = False
+    if multi.size:  # items of buckets with several relevant distances: finished below
+        np.greater_equal(q, _FLOAT_MULTI, out=ge)
+        np.logical_or(eq, ge, out=eq)
     qf = q.reshape(-1)
-    more = np.flatnonzero(ge2)  # at or above a 2nd relevant distance of the bucket (rare)
-    if more.size:
-        g = qf.take(more) - 1  # row·W + index of that 2nd relevant item: <= x
-        e = _advance(D.reshape(-1).take(more), g, A, W, R)
+    spec = np.flatnonzero(eq)
+    if multi.size:
+        A = np.full((b, W), np.inf, dtype=np.float32)
+        A[:, :R] = rs
+        A = A.reshape(-1)
+        g = qf.take(spec)
+        sel = g >= _FLOAT_MULTI
+        more = spec[sel]
+        g = g[sel] - _FLOAT_MULTI
+        x = D.reshape(-1).take(more)
+        tie = np.ones(spec.size, dtype=bool)
+        tie[sel] = x == T.take(idx.reshape(-1).take(more))  # equal to the bucket's first
+        # g counts the bucket's first relevant distance if x >= it; pass the others <= x.
+        tie[sel] |= _advance(x, g, A, W, R)
         qf[more] = g
-        eq_pos = np.union1d(eq_pos, more[e])
-    cnt = np.bincount(qf, minlength=b * W)
+        spec = spec[tie]
+    T[slot] = np.inf  # clean tables for the next block
+    cnt = _bincount(qf, b * W)
     cnt[rows * W + R] -= members.size
-    eqc = np.bincount(qf.take(eq_pos), minlength=b * W)
+    eqc = np.bincount(qf.take(spec), minlength=b * W)
     return np.ascontiguousarray(rs), cnt.reshape(b, W), eqc.reshape(b, W)
+
+
+def _bincount(x: np.ndarray, size: int) -> np.ndarray:
+    """np.bincount(x, minlength=size) for a 1-D array of small non-negative integers; torch's
+    (when importable) is faster on int32 and releases the GIL, so both chunk workers count
+    at once."""
+    torch = _torch()
+    if torch is None:  # pragma: no cover - torch is a project dependency
+        return np.bincount(x, minlength=size)
+    return torch.bincount(torch.from_numpy(x), minlength=size).numpy()
 
 
 def _tie_groups(rs: np.ndarray, eqc: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -966,23 +1036,14 @@ def _rank_sums(rs, cnt, eqc, n_db, map_ks, prec_ks):
     before += np.arange(R)
     # Every relevant item taken as a singleton group: P(before + 1) = (j + 1) / (before + 1);
     # the members of true tie groups are removed below.
-    cum = np.cumsum(np.arange(1, R + 1, dtype=np.float64) / (before + 1.0), axis=1)
-    ap = cum[:, -1].copy()
+    terms = np.arange(1, R + 1, dtype=np.float64) / (before + 1.0)
+    ap = terms.sum(axis=1)
     out = _PerQuery(ap=ap, ap_opt=ap.copy(), ap_pess=ap.copy())
-    # before is increasing along a row: the items before rank K are a prefix, found by one
-    # binary search per row in the rows laid end to end.
-    stride = int(before[:, -1].max()) + 1
-    flat_before = (before + (np.arange(b) * stride)[:, None]).reshape(-1)
-    row_base = np.arange(b) * stride
-
-    def count_below(K):  # per row: #{j: before[j] < K}
-        return np.searchsorted(flat_before, row_base + min(K, stride)) - np.arange(b) * R
-
+    # before is increasing along a row: the items before rank K are a prefix.
     for K in map_ks:
-        c = count_below(K)
-        out.ap_at[K] = np.where(c > 0, cum.reshape(-1)[np.arange(b) * R + np.maximum(c - 1, 0)], 0.0)
+        out.ap_at[K] = np.where(before < K, terms, 0.0).sum(axis=1)
     for K in prec_ks:
-        out.prec_at[K] = count_below(min(K, n_db)).astype(np.float64)
+        out.prec_at[K] = np.count_nonzero(before < min(K, n_db), axis=1).astype(np.float64)
     first, last = _tie_groups(rs, eqc)
     if not first.size:
         return out, None
@@ -1105,7 +1166,8 @@ def _float_pass(qf, q_lab, q_order, dbf, db_lab, distance, k, chunk, exclude_sel
                     np.multiply(scaled, scale[:, None], out=idx, casting="unsafe")
                 if exclude_self:
                     idx[local, self_cols[r0:r1]] = _FLOAT_BUCKETS - 1
-                rs, cnt, eqc = _block_ranks(D, idx, lo, scale, members, self_cols[r0:r1] if exclude_self else None, S)
+                idx += (local * _FLOAT_BUCKETS).astype(np.int32)[:, None]  # flat index into the rows' tables
+                rs, cnt, eqc = _block_ranks(D, idx, members, self_cols[r0:r1] if exclude_self else None, S)
                 part, groups = _rank_sums(rs, cnt, eqc, n_eff, map_ks, prec_ks)
                 if groups is not None:
                     tie_parts.append((groups[0] + r0,) + groups[1:])
@@ -1148,5 +1210,5 @@ def _float_pass(qf, q_lab, q_order, dbf, db_lab, distance, k, chunk, exclude_sel
 
     # Each worker runs its own matmul: share the cores between them instead of letting every
     # matmul start one BLAS thread per core (measured ~15% faster on 2 cores; same results).
-    with _blas_threads(max(1, (os.cpu_count() or 1) // workers) if workers > 1 else None):
+    with _blas_threads(max(1, (os.cpu_count() or 1) // workers) if workers > 1 else None), _torch_one_thread():
         yield from _pipelined(process, len(starts), workers)
