@@ -105,6 +105,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import queue
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -625,10 +626,11 @@ def evaluate_retrieval(
         largest = max(float(np.einsum("ij,ij->i", a, a, dtype=np.float64).max()) for a in (qf, dbf))
         if 4.0 * largest > float(np.finfo(np.float32).max) / 4.0:
             raise DeephashError("features are too large for float32 distances (squared norm above ~2e37); rescale them.")
-        # ~8M pairs (32 MB of float32 distances) per chunk: large enough for an efficient
-        # matmul (smaller chunks re-pack the database more often); the rank work then runs
-        # on blocks of a few rows.
-        chunk = chunk_size or _default_chunk(n_db, 1 << 23)
+        # ~16M pairs (64 MB of float32 distances) per chunk and worker: large enough for an
+        # efficient matmul (every call re-packs the whole database: 167-row chunks measured
+        # 3.45 ns per pair, 335-row ones 2.9, one thread); the rank work then runs on blocks of
+        # a few rows.
+        chunk = chunk_size or _default_chunk(n_db, _FLOAT_CHUNK_PAIRS)
         chunks = _float_pass(
             qf, q_lab, q_order, dbf, db_lab, distance, k, chunk, bool(exclude_self), R[q_order], n_eff, map_ks, prec_ks
         )
@@ -790,6 +792,8 @@ def _hamming_pass(q_codes, q_lab, q_order, db_codes, db_lab, bits, k, chunk, exc
 # Value buckets per query row.  Bucket _FLOAT_BUCKETS - 1 is reserved for the query's own
 # item under leave-one-out; the distances use buckets 0.._FLOAT_BUCKETS - 2.
 _FLOAT_BUCKETS = 1 << 16
+# Query-database pairs per chunk of the float pass (one float32 distance buffer per worker).
+_FLOAT_CHUNK_PAIRS = 1 << 24
 # Rows processed together after the matmul: their scratch arrays (~2 MB per row) stay in cache.
 _FLOAT_BLOCK_ROWS = 8
 # Relevant items of one bucket compared one by one before falling back to binary search.
@@ -870,10 +874,10 @@ def _block_minima(D: np.ndarray, k: int, w: int) -> tuple[np.ndarray, np.ndarray
 
 
 class _FloatScratch:
-    """Reusable per-chunk buffers of the float pass (one per chunk that can be pending).
+    """Reusable buffers of the float pass (one set per worker).
 
-    The bucket tables keep a clean state between blocks: T is +inf and ``inc`` is zero except
-    at row starts; :func:`_block_ranks` writes only the relevant buckets and restores them.
+    ``inc`` keeps a clean state between blocks (zero except at row starts):
+    :func:`_block_ranks` writes only the relevant buckets and restores them.
     """
 
     def __init__(self, rows: int, n: int):
@@ -882,19 +886,14 @@ class _FloatScratch:
         self.scaled = np.empty((b, n), dtype=np.float32)
         self.idx = np.empty((b, n), dtype=np.int32)  # row·G + bucket
         self.q = np.empty((b, n), dtype=np.int32)  # row·(R+1) + relevant distances <= the item
-        self.thr = np.empty((b, n), dtype=np.float32)  # first relevant distance of the item's bucket
+        self.nxt = np.empty((b, n), dtype=np.float32)  # a relevant distance looked up per item
         self.ge = np.empty((b, n), dtype=bool)
+        self.ge2 = np.empty((b, n), dtype=bool)
         self.eq = np.empty((b, n), dtype=bool)
         # Bucket tables of the block's rows, end to end (b·G entries).
-        self.T = np.full(b * G, np.inf, dtype=np.float32)
         self.inc = np.zeros(b * G, dtype=np.int32)
         self.inc[G::G] = 1  # a new row adds W − R = 1 (its last bucket, reserved, holds none)
         self.L = np.empty(b * G, dtype=np.int32)
-
-
-# Added to the bucket table of buckets holding two or more relevant distances: their items
-# are finished one by one (rare); table values stay below it (they are < rows·(R+1)).
-_FLOAT_MULTI = 1 << 30
 
 
 def _gather(table: np.ndarray, idx: np.ndarray, out: np.ndarray) -> None:
@@ -924,18 +923,21 @@ def _block_ranks(D, idx, members, self_cols, S):
     number of irrelevant items with q = j relevant distances <= them, and eqc (b, R+1) how
     many of those equal the relevant distance rs[:, j-1].
 
-    Per row, two tables over the buckets: L[u] = row·(R+1) + number of relevant distances in
-    lower buckets, T[u] = smallest relevant distance in bucket u (+inf if none).  An item at
-    distance d in bucket u has q = L[u] + (d >= T[u]) unless its bucket holds two or more
-    relevant distances (flagged in L, finished by :func:`_advance`); d == T[u] marks a tie.
-    Per item: two gathers and a few comparisons; the histogram of q gives cnt.
+    Per row, a table over the buckets: L[u] = row·(R+1) + number of relevant distances in
+    lower buckets, i.e. the flat index of the first relevant distance at or above bucket u
+    in A = the sorted relevant distances (+inf after the last).  An item at distance d in
+    bucket u then has q = L[u] + (d >= A[L[u]]) + (d >= A2[L[u]]), where A2[j] = A[j+1] when
+    that distance shares the bucket of A[j] (else +inf); the rare items at or above a
+    second relevant distance of their bucket are finished by :func:`_advance`.  Per item: one
+    gather from the bucket table, two from the small relevant arrays, a few comparisons, and
+    the histogram of q gives cnt.
     """
     b, n = D.shape
     G = _FLOAT_BUCKETS
     rows = np.arange(b)
     rel = D.take(members, axis=1, mode="clip")
     rb = idx.take(members, axis=1, mode="clip")
-    rb -= (rows * G)[:, None].astype(np.int32)
+    rb -= (rows * G).astype(np.int32)[:, None]
     rs, rbs = _sort_relevant(rel, rb.astype(np.uint16))
     if self_cols is not None:  # the own item (inf, last bucket) is sorted last
         rs, rbs = rs[:, :-1], rbs[:, :-1]
@@ -949,46 +951,38 @@ def _block_ranks(D, idx, members, self_cols, S):
     slot = (fpos // R) * G + rbs.reshape(-1).take(fpos)
     # L is the running sum of its increments: a run of r relevant distances in bucket u adds
     # r from bucket u + 1 on (u + 1 stays inside the row: distances use buckets 0..G-2).
-    T, inc, L = S.T[: b * G], S.inc[: b * G], S.L[: b * G]
+    inc, L = S.inc[: b * G], S.L[: b * G]
     inc[slot + 1] = run
     np.cumsum(inc, out=L)
     inc[slot + 1] = 0
-    multi = slot[run > 1]
-    L[multi] += _FLOAT_MULTI
-    T[slot] = rs.reshape(-1).take(fpos)
-    # Per item: q = L[u] + (d >= T[u]), tie when d == T[u].
-    q, t, ge, eq = S.q[:b], S.thr[:b], S.ge[:b], S.eq[:b]
+    A = np.full((b, W), np.inf, dtype=np.float32)
+    A[:, :R] = rs
+    A2 = np.full((b, W), np.inf, dtype=np.float32)
+    A2[:, : R - 1] = np.where(first[:, 1:], np.inf, rs[:, 1:])
+    A, A2 = A.reshape(-1), A2.reshape(-1)
+    q, nxt, ge, ge2, eq = S.q[:b], S.nxt[:b], S.ge[:b], S.ge2[:b], S.eq[:b]
     _gather(L, idx, q)
-    _gather(T, idx, t)
-    np.greater_equal(D, t, out=ge)
-    np.equal(D, t, out=eq)
+    _gather(A, q, nxt)
+    np.greater_equal(D, nxt, out=ge)
+    np.equal(D, nxt, out=eq)  # ties (rare)
+    _gather(A2, q, nxt)
+    np.greater_equal(D, nxt, out=ge2)
+    np.add(ge.view(np.uint8), ge2.view(np.uint8), out=ge.view(np.uint8))  # 0, 1 or 2
     np.add(q, ge.view(np.uint8), out=q, casting="unsafe")
     q[:, members] = (rows * W + R)[:, None]  # relevant columns: counted in bin R, removed below
     eq[:, members] = False
-    if multi.size:  # items of buckets with several relevant distances: finished below
-        np.greater_equal(q, _FLOAT_MULTI, out=ge)
-        np.logical_or(eq, ge, out=eq)
+    ge2[:, members] = False
     qf = q.reshape(-1)
-    spec = np.flatnonzero(eq)
-    if multi.size:
-        A = np.full((b, W), np.inf, dtype=np.float32)
-        A[:, :R] = rs
-        A = A.reshape(-1)
-        g = qf.take(spec)
-        sel = g >= _FLOAT_MULTI
-        more = spec[sel]
-        g = g[sel] - _FLOAT_MULTI
-        x = D.reshape(-1).take(more)
-        tie = np.ones(spec.size, dtype=bool)
-        tie[sel] = x == T.take(idx.reshape(-1).take(more))  # equal to the bucket's first
-        # g counts the bucket's first relevant distance if x >= it; pass the others <= x.
-        tie[sel] |= _advance(x, g, A, W, R)
+    eq_pos = np.flatnonzero(eq)
+    more = np.flatnonzero(ge2)  # at or above a 2nd relevant distance of the bucket (rare)
+    if more.size:
+        g = qf.take(more) - 1  # row·W + index of that 2nd relevant distance: <= x
+        e = _advance(D.reshape(-1).take(more), g, A, W, R)
         qf[more] = g
-        spec = spec[tie]
-    T[slot] = np.inf  # clean tables for the next block
+        eq_pos = np.union1d(eq_pos, more[e])
     cnt = _bincount(qf, b * W)
     cnt[rows * W + R] -= members.size
-    eqc = np.bincount(qf.take(spec), minlength=b * W)
+    eqc = np.bincount(qf.take(eq_pos), minlength=b * W)
     return np.ascontiguousarray(rs), cnt.reshape(b, W), eqc.reshape(b, W)
 
 
@@ -1094,12 +1088,22 @@ def _float_pass(qf, q_lab, q_order, dbf, db_lab, distance, k, chunk, exclude_sel
     prescale = distance == "euclidean" and _min_abs_nonzero(qf) * _min_abs_nonzero(dbf) >= 2.0**-60
     starts = list(range(0, n_q, chunk))
     workers = _workers(len(starts))
-    scratch = [_FloatScratch(min(chunk, n_q), n) for _ in range(min(workers + 1, len(starts)))]
+    # One set of buffers per worker: a chunk's results never point into them, so a worker
+    # takes a free set for the chunk it computes and returns it when done.
+    scratch = queue.SimpleQueue()
+    for _ in range(min(workers, len(starts))):
+        scratch.put(_FloatScratch(min(chunk, n_q), n))
     w_blocks = n // k  # k-NN: the k row blocks' minima bound the k-th smallest distance
     big = float(np.finfo(np.float32).max)
 
     def process(i: int):
-        S = scratch[i % len(scratch)]
+        S = scratch.get()
+        try:
+            return compute(i, S)
+        finally:
+            scratch.put(S)
+
+    def compute(i: int, S: _FloatScratch):
         c0 = starts[i]
         c1 = min(c0 + chunk, n_q)
         m = c1 - c0
