@@ -984,13 +984,13 @@ def _block_ranks(D, idx, members, self_cols, S):
     eq[:, members] = False
     ge2[:, members] = False
     qf = q.reshape(-1)
-    eq_pos = np.flatnonzero(eq)
     more = np.flatnonzero(ge2)  # at or above a 2nd relevant distance of the bucket (rare)
     if more.size:
         g = qf.take(more) - 1  # row·W + index of that 2nd relevant distance: <= x
         e = _advance(D.reshape(-1).take(more), g, A, W, R)
         qf[more] = g
-        eq_pos = np.union1d(eq_pos, more[e])
+        eq.reshape(-1)[more[e]] = True
+    eq_pos = np.flatnonzero(eq)
     cnt = _bincount(qf, b * W)
     cnt[rows * W + R] -= members.size
     eqc = np.bincount(qf.take(eq_pos), minlength=b * W)
