@@ -74,8 +74,8 @@ of the top ``k``:
 Implementation
 --------------
 Queries are processed in chunks (``chunk_size`` queries at a time; by default about 4M
-query-database pairs for codes, 8M for float features) by two worker threads, so the
-extra memory stays bounded (about 150 MB for float features, measured with tracemalloc
+query-database pairs for codes, 16M for float features) by two worker threads, so the
+extra memory stays bounded (about 170 MB for float features, measured with tracemalloc
 at 10,000 x 50,000; far less for codes) whatever the database size; only a row of one
 query's distances grows with ``n``.
 
@@ -95,6 +95,9 @@ query's distances grows with ``n``.
   bucket completes q = number of relevant distances ≤ the item, and tells whether it
   equals one.  A histogram of q over the irrelevant items gives every relevant item's
   rank and its exact tie group: a few passes over the distances, no sort of the row.
+  Table lookups are ``torch.index_select`` with int32 indices and the histogram
+  ``torch.bincount`` (numpy without torch; same results), with torch kept to one thread
+  per worker during the pass.
 * k-NN: for codes, candidates ``distance <= k-th smallest distance`` (from the
   histogram); for float features, the largest of the minima of k column blocks bounds
   the k-th smallest distance and the candidates below it give it exactly.  The
@@ -796,6 +799,8 @@ _FLOAT_BUCKETS = 1 << 16
 _FLOAT_CHUNK_PAIRS = 1 << 24
 # Rows processed together after the matmul: their scratch arrays (~2 MB per row) stay in cache.
 _FLOAT_BLOCK_ROWS = 8
+# Rows whose ranks are turned into metrics together (fewer calls; bounded temporaries).
+_FLOAT_SUM_ROWS = 32
 # Relevant items of one bucket compared one by one before falling back to binary search.
 _FLOAT_SCAN = 8
 
@@ -1134,7 +1139,8 @@ def _float_pass(qf, q_lab, q_order, dbf, db_lab, distance, k, chunk, exclude_sel
         for a, b in _label_runs(q_lab_sorted[c0:c1]):
             label = int(q_lab_sorted[c0 + a])
             members = members_of.get(label)
-            ranks = []  # _block_ranks of the run's blocks (same R): turned into metrics at once
+            ranks = []  # _block_ranks of consecutive blocks of the run (same R), summed together
+            ranks_start = a
             for r0 in range(a, b, _FLOAT_BLOCK_ROWS):
                 r1 = min(r0 + _FLOAT_BLOCK_ROWS, b)
                 nb = r1 - r0
@@ -1184,16 +1190,21 @@ def _float_pass(qf, q_lab, q_order, dbf, db_lab, distance, k, chunk, exclude_sel
                     idx[local, self_cols[r0:r1]] = _FLOAT_BUCKETS - 1
                 idx += (local * _FLOAT_BUCKETS).astype(np.int32)[:, None]  # flat index into the rows' tables
                 ranks.append(_block_ranks(D, idx, members, self_cols[r0:r1] if exclude_self else None, S))
-            if ranks:
+                if r1 < b and r1 - ranks_start < _FLOAT_SUM_ROWS:
+                    continue
+                # Metrics of rows ranks_start:r1 at once (a bounded number of rows: the
+                # temporaries of _rank_sums are rows x R arrays).
                 rs, cnt, eqc = (np.concatenate(x) if len(ranks) > 1 else x[0] for x in zip(*ranks))
                 part, groups = _rank_sums(rs, cnt, eqc, n_eff, map_ks, prec_ks)
+                done = slice(ranks_start, r1)
                 if groups is not None:
-                    tie_parts.append((groups[0] + a,) + groups[1:])
-                sums.ap[a:b], sums.ap_opt[a:b], sums.ap_pess[a:b] = part.ap, part.ap_opt, part.ap_pess
+                    tie_parts.append((groups[0] + ranks_start,) + groups[1:])
+                sums.ap[done], sums.ap_opt[done], sums.ap_pess[done] = part.ap, part.ap_opt, part.ap_pess
                 for K in map_ks:
-                    sums.ap_at[K][a:b] = part.ap_at[K]
+                    sums.ap_at[K][done] = part.ap_at[K]
                 for K in prec_ks:
-                    sums.prec_at[K][a:b] = part.prec_at[K]
+                    sums.prec_at[K][done] = part.prec_at[K]
+                ranks, ranks_start = [], r1
         if tie_parts:  # the exact terms of all true tie groups of the chunk at once
             grow, N, size, Rb, r = (np.concatenate(part) for part in zip(*tie_parts))
             ties = _tie_group_terms(N, size, Rb, r, map_ks, prec_ks, n_eff)

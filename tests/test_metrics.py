@@ -873,9 +873,12 @@ def test_property_sort_relevant_is_an_exact_sort(rows, R, n_buckets, values, sca
 
 @pytest.mark.parametrize("distance", ["euclidean", "cosine"])
 @pytest.mark.parametrize("chunk", [None, 7, 25])
-def test_label_runs_spanning_blocks_and_chunks_match_closed_form(distance, chunk):
+@pytest.mark.parametrize("block_rows, sum_rows", [(8, 32), (3, 5)])
+def test_label_runs_spanning_blocks_and_chunks_match_closed_form(monkeypatch, distance, chunk, block_rows, sum_rows):
     # 60 queries of 3 labels (one absent from the database): label runs of ~20 rows cover
-    # several 8-row blocks, whose ranks are summed per run, and cross chunk boundaries.
+    # several blocks, whose ranks are summed a few blocks at a time, and cross chunk boundaries.
+    monkeypatch.setattr(metrics_mod, "_FLOAT_BLOCK_ROWS", block_rows)
+    monkeypatch.setattr(metrics_mod, "_FLOAT_SUM_ROWS", sum_rows)
     rng = np.random.default_rng(31)
     db = rng.integers(-3, 4, (400, 3))
     dl = rng.integers(0, 2, 400)
