@@ -829,16 +829,20 @@ def _sort_relevant(values: np.ndarray, buckets: np.ndarray) -> tuple[np.ndarray,
     if R < 2:
         return rs, rbs
     same = rbs[:, 1:] == rbs[:, :-1]
+    p = np.flatnonzero(same)  # neighbours sharing a bucket, flat in (rows, R - 1)
+    if not p.size:
+        return rs, rbs
+    j = p + p // (R - 1)  # left neighbour, flat in (rows, R)
+    odd = (j - p // (R - 1) * R) % 2 == 1  # its column parity
     flat = rs.reshape(-1)
     for sweep in range(2 * _FLOAT_SCAN):
-        p = np.flatnonzero(same & (rs[:, 1:] < rs[:, :-1]))  # flat in (rows, R - 1)
-        if not p.size:
+        bad = flat[j + 1] < flat[j]
+        if not bad.any():
             return rs, rbs
-        j = p + p // (R - 1)  # left neighbour, flat in (rows, R)
-        j = j[(j - p // (R - 1) * R) % 2 == sweep % 2]  # disjoint pairs: one column parity
-        left = flat[j]
-        flat[j] = flat[j + 1]
-        flat[j + 1] = left
+        swap = j[bad & (odd == bool(sweep % 2))]  # disjoint pairs: one column parity
+        left = flat[swap]
+        flat[swap] = flat[swap + 1]
+        flat[swap + 1] = left
     shared = np.zeros((rows, R), dtype=bool)
     shared[:, 1:] = same
     shared[:, :-1] |= same
@@ -959,22 +963,17 @@ def _block_ranks(D, idx, members, self_cols, S):
         rs, rbs = rs[:, :-1], rbs[:, :-1]
     R = rs.shape[1]
     W = R + 1
-    # Runs of relevant distances sharing a bucket: first flat index (row·R + j) of each.
-    first = np.ones((b, R), dtype=bool)
-    first[:, 1:] = rbs[:, 1:] != rbs[:, :-1]
-    fpos = np.flatnonzero(first)
-    run = np.diff(np.append(fpos, b * R))  # rows start new runs: lengths stay within a row
-    slot = (fpos // R) * G + rbs.reshape(-1).take(fpos)
-    # L is the running sum of its increments: a run of r relevant distances in bucket u adds
-    # r from bucket u + 1 on (u + 1 stays inside the row: distances use buckets 0..G-2).
+    # L is the running sum of its increments: every relevant distance in bucket u adds 1 from
+    # bucket u + 1 on (u + 1 stays inside the row: distances use buckets 0..G-2).
     inc, L = S.inc[: b * G], S.L[: b * G]
-    inc[slot + 1] = run
+    above = (rbs + (rows * G + 1).astype(np.int32)[:, None]).reshape(-1)
+    _add_ones(inc, above)
     np.cumsum(inc, out=L)
-    inc[slot + 1] = 0
+    inc[above] = 0
     A = np.full((b, W), np.inf, dtype=np.float32)
     A[:, :R] = rs
     A2 = np.full((b, W), np.inf, dtype=np.float32)
-    A2[:, : R - 1] = np.where(first[:, 1:], np.inf, rs[:, 1:])
+    A2[:, : R - 1] = np.where(rbs[:, 1:] == rbs[:, :-1], rs[:, 1:], np.inf)
     A, A2 = A.reshape(-1), A2.reshape(-1)
     q, nxt, ge, ge2, eq = S.q[:b], S.nxt[:b], S.ge[:b], S.ge2[:b], S.eq[:b]
     _gather(L, idx, q)
@@ -1000,6 +999,17 @@ def _block_ranks(D, idx, members, self_cols, S):
     cnt[rows * W + R] -= members.size
     eqc = np.bincount(qf.take(eq_pos), minlength=b * W)
     return np.ascontiguousarray(rs), cnt.reshape(b, W), eqc.reshape(b, W)
+
+
+def _add_ones(counts: np.ndarray, at: np.ndarray) -> None:
+    """counts[at] += 1 for every entry of ``at`` (repeats add up); counts int32 1-D.
+    torch's index_add_ (when importable) is several times faster than np.add.at."""
+    torch = _torch()
+    if torch is None:  # pragma: no cover - torch is a project dependency
+        np.add.at(counts, at, 1)
+        return
+    index = torch.from_numpy(at).long()
+    torch.from_numpy(counts).index_add_(0, index, torch.ones(index.numel(), dtype=torch.int32))
 
 
 def _bincount(x: np.ndarray, size: int) -> np.ndarray:
