@@ -811,7 +811,9 @@ def block_ranks_of(D, members, self_cols, buckets):
     negative=st.booleans(),
     seed=st.integers(0, 2**32 - 1),
 )
-def test_property_block_ranks_equal_plain_counts(rows, n, spread, relevant, buckets, scan, exclude_self, negative, seed):
+def test_property_block_ranks_equal_plain_counts(
+    rows, n, spread, relevant, buckets, scan, exclude_self, negative, seed
+):
     # Small spreads: massive ties between relevant and irrelevant distances, many relevant
     # distances per bucket (second-threshold and _advance paths); large: mostly distinct.
     from unittest import mock
