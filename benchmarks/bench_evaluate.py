@@ -12,6 +12,9 @@ Float part: 10,000 x 50,000 x 128-d euclidean features (normal), 10 classes, in 
   * the bare matrix product (query @ database.T, float32, best of --float-repeat),
   * the full evaluate_retrieval call (mAP@all, mAP@1000, precision@100, 10-NN; best of
     --float-repeat) and its ratio to the bare matrix product,
+  * two lower bounds in evaluate_retrieval's own pipeline (``distance_floor``): the chunked
+    matmul with the finishing into distances and one read of them, and the same plus the
+    least per-pair work of a bucket-table rank count (bucket, one table gather, one histogram),
   * pytorch-metric-learning's AccuracyCalculator on the same arrays (if installed),
   * the previous implementation of the float path (sort-based, copied below as
     ``legacy_*`` from the commit before the bucket tables): the max |difference| of every
@@ -307,6 +310,54 @@ def legacy_float_evaluate(query, query_labels, database, database_labels, *, dis
     }
 
 
+def distance_floor(fq, fdb, with_lookup: bool) -> None:
+    """Lower bounds for the float path, run in the same pipeline as evaluate_retrieval's
+    euclidean pass (same chunk size, worker threads and BLAS threads per worker): every
+    chunk's matmul, the finishing into distances (two adds per pair) and a row maximum and
+    minimum per block of rows, i.e. the distance matrix computed and read once, with no rank
+    work.  ``with_lookup`` adds the least per-pair work of a bucket-table rank count: each
+    distance's bucket, one gather from a table of 65,536 entries per row, and one histogram
+    (torch.bincount) of the gathered values."""
+    import torch
+
+    n_q, n = fq.shape[0], fdb.shape[0]
+    chunk = metrics._default_chunk(n, metrics._FLOAT_CHUNK_PAIRS)
+    starts = list(range(0, n_q, chunk))
+    workers = _workers(len(starts))
+    db_sq = np.einsum("ij,ij->i", fdb, fdb)
+    rows, G = metrics._FLOAT_BLOCK_ROWS, metrics._FLOAT_BUCKETS
+    table = np.random.default_rng(0).integers(0, 5000, rows * G).astype(np.int32)
+    offsets = (np.arange(rows) * G).astype(np.int32)[:, None]
+    free = [(np.empty((min(chunk, n_q), n), np.float32), np.empty((rows, n), np.float32),
+             np.empty((rows, n), np.int32), np.empty((rows, n), np.int32)) for _ in range(workers)]
+
+    def process(i):
+        dist, scaled, idx, got = free.pop()
+        c0, c1 = starts[i], min(starts[i] + chunk, n_q)
+        qc = fq[c0:c1]
+        np.matmul(qc * np.float32(-2.0), fdb.T, out=dist[: c1 - c0])
+        q_sq = np.einsum("ij,ij->i", qc, qc)
+        for r0 in range(0, c1 - c0, rows):
+            D = dist[r0 : min(r0 + rows, c1 - c0)]
+            nb = D.shape[0]
+            D += db_sq[None, :]
+            D += q_sq[r0 : r0 + nb, None]
+            lo, hi = D.min(axis=1), D.max(axis=1)
+            if with_lookup:
+                scale = ((G - 2) / np.maximum(hi.astype(np.float64) - lo, 1e-30)).astype(np.float32)
+                np.subtract(D, lo[:, None], out=scaled[:nb])
+                np.multiply(scaled[:nb], scale[:, None], out=idx[:nb], casting="unsafe")
+                idx[:nb] += offsets[:nb]
+                metrics._gather(table, idx[:nb], got[:nb])
+                torch.bincount(torch.from_numpy(got[:nb].reshape(-1)), minlength=5000)
+        free.append((dist, scaled, idx, got))
+
+    with metrics._blas_threads(max(1, (os.cpu_count() or 1) // workers) if workers > 1 else None), \
+            metrics._torch_one_thread():
+        for _ in _pipelined(process, len(starts), workers):
+            pass
+
+
 def field_differences(ours: dict, ref: dict) -> dict:
     """|ours - ref| of every numeric field of two RetrievalResult.to_dict()-like dicts."""
     out = {}
@@ -481,6 +532,8 @@ def float_section(args) -> None:
 
     t_gemm, _ = timed(matmul, rep)
     t_eval, res = timed(lambda: evaluate_retrieval(fq, ql, fdb, dl, **kw), rep)
+    t_floor, _ = timed(lambda: distance_floor(fq, fdb, False), rep)
+    t_lookup, _ = timed(lambda: distance_floor(fq, fdb, True), rep)
     ours = res.to_dict()
 
     t_pml = pml = None
@@ -507,6 +560,10 @@ def float_section(args) -> None:
     print(f"| evaluate_retrieval, euclidean (ours) | {t_eval:.2f} | best of {rep}; "
           f"{metrics._workers(2)} worker threads |")
     print(f"| ratio evaluate / bare matmul | {t_eval / t_gemm:.2f}x | |")
+    print(f"| floor: evaluate's chunked matmul + finishing + row min/max, no rank work | {t_floor:.2f} | "
+          f"best of {rep}; same chunks, workers and BLAS threads; {t_floor / t_gemm:.2f}x the bare matmul |")
+    print(f"| floor + bucket index, one table gather, one histogram per pair | {t_lookup:.2f} | "
+          f"best of {rep}; least rank work of a bucket-table count; {t_lookup / t_gemm:.2f}x the bare matmul |")
     if t_pml is not None:
         if pml is None:
             print("| pytorch-metric-learning AccuracyCalculator | - | not installed |")

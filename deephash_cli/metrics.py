@@ -74,8 +74,8 @@ of the top ``k``:
 Implementation
 --------------
 Queries are processed in chunks (``chunk_size`` queries at a time; by default about 4M
-query-database pairs for codes, 8M for float features) by two worker threads, so the
-extra memory stays bounded (about 150 MB for float features, measured with tracemalloc
+query-database pairs for codes, 16M for float features) by two worker threads, so the
+extra memory stays bounded (about 170 MB for float features, measured with tracemalloc
 at 10,000 x 50,000; far less for codes) whatever the database size; only a row of one
 query's distances grows with ``n``.
 
@@ -95,6 +95,9 @@ query's distances grows with ``n``.
   bucket completes q = number of relevant distances ≤ the item, and tells whether it
   equals one.  A histogram of q over the irrelevant items gives every relevant item's
   rank and its exact tie group: a few passes over the distances, no sort of the row.
+  Table lookups are ``torch.index_select`` with int32 indices and the histogram
+  ``torch.bincount`` (numpy without torch; same results), with torch kept to one thread
+  per worker during the pass.
 * k-NN: for codes, candidates ``distance <= k-th smallest distance`` (from the
   histogram); for float features, the largest of the minima of k column blocks bounds
   the k-th smallest distance and the candidates below it give it exactly.  The
@@ -105,6 +108,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import queue
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -625,10 +629,11 @@ def evaluate_retrieval(
         largest = max(float(np.einsum("ij,ij->i", a, a, dtype=np.float64).max()) for a in (qf, dbf))
         if 4.0 * largest > float(np.finfo(np.float32).max) / 4.0:
             raise DeephashError("features are too large for float32 distances (squared norm above ~2e37); rescale them.")
-        # ~8M pairs (32 MB of float32 distances) per chunk: large enough for an efficient
-        # matmul (smaller chunks re-pack the database more often); the rank work then runs
-        # on blocks of a few rows.
-        chunk = chunk_size or _default_chunk(n_db, 1 << 23)
+        # ~16M pairs (64 MB of float32 distances) per chunk and worker: large enough for an
+        # efficient matmul (every call re-packs the whole database: 167-row chunks measured
+        # 3.45 ns per pair, 335-row ones 2.9, one thread); the rank work then runs on blocks of
+        # a few rows.
+        chunk = chunk_size or _default_chunk(n_db, _FLOAT_CHUNK_PAIRS)
         chunks = _float_pass(
             qf, q_lab, q_order, dbf, db_lab, distance, k, chunk, bool(exclude_self), R[q_order], n_eff, map_ks, prec_ks
         )
@@ -696,6 +701,24 @@ def _blas_threads(n: int | None):
     except ImportError:  # pragma: no cover - installed with scikit-learn
         return contextlib.nullcontext()
     return threadpool_limits(n, user_api="blas")
+
+
+@contextlib.contextmanager
+def _torch_one_thread():
+    """Context in which torch runs every op on the calling thread (its setting is restored
+    after).  The float pass calls torch.bincount from its worker threads once per block of
+    rows; torch's own intra-op threads (it checks the input's min and max in parallel) would
+    fork and join on every call and compete with the workers for the cores."""
+    torch = _torch()
+    if torch is None:  # pragma: no cover - torch is a project dependency
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def _workers(n_tasks: int) -> int:
@@ -772,8 +795,12 @@ def _hamming_pass(q_codes, q_lab, q_order, db_codes, db_lab, bits, k, chunk, exc
 # Value buckets per query row.  Bucket _FLOAT_BUCKETS - 1 is reserved for the query's own
 # item under leave-one-out; the distances use buckets 0.._FLOAT_BUCKETS - 2.
 _FLOAT_BUCKETS = 1 << 16
+# Query-database pairs per chunk of the float pass (one float32 distance buffer per worker).
+_FLOAT_CHUNK_PAIRS = 1 << 24
 # Rows processed together after the matmul: their scratch arrays (~2 MB per row) stay in cache.
 _FLOAT_BLOCK_ROWS = 8
+# Rows whose ranks are turned into metrics together (fewer calls; bounded temporaries).
+_FLOAT_SUM_ROWS = 32
 # Relevant items of one bucket compared one by one before falling back to binary search.
 _FLOAT_SCAN = 8
 
@@ -789,24 +816,39 @@ def _sort_relevant(values: np.ndarray, buckets: np.ndarray) -> tuple[np.ndarray,
     (rows, R) uint16 non-decreasing in the value.  Returns the sorted values and buckets.
 
     A stable radix argsort by bucket (numpy radix-sorts 16-bit integers) orders all but the
-    items sharing a bucket; the union of multi-item buckets is then sorted by (row, value),
-    which keeps the bucket order.  Measured faster than np.sort of the values.
+    items sharing a bucket.  Those runs are short (mostly pairs): a few odd-even transposition
+    passes, each swapping the out-of-order neighbours of one column parity, sort them; what
+    is left after _FLOAT_SCAN passes (long runs) is sorted by (row, value).  Measured faster
+    than np.sort of the values.
     """
     rows, R = values.shape
     perm = np.argsort(buckets, axis=1, kind="stable")
     perm += (np.arange(rows) * R)[:, None]
     rs = values.take(perm, mode="clip")  # flat takes: faster than take_along_axis
     rbs = buckets.take(perm, mode="clip")
-    if R > 1:
-        same = rbs[:, 1:] == rbs[:, :-1]
-        if np.any(same & (rs[:, 1:] < rs[:, :-1])):
-            shared = np.zeros((rows, R), dtype=bool)
-            shared[:, 1:] = same
-            shared[:, :-1] |= same
-            pos = np.flatnonzero(shared)
-            flat = rs.reshape(-1)
-            key = _monotone_int32(flat[pos]).astype(np.int64) + (pos // R) * (np.int64(1) << 32)
-            flat[pos] = flat[pos][np.argsort(key)]
+    if R < 2:
+        return rs, rbs
+    same = rbs[:, 1:] == rbs[:, :-1]
+    p = np.flatnonzero(same)  # neighbours sharing a bucket, flat in (rows, R - 1)
+    if not p.size:
+        return rs, rbs
+    j = p + p // (R - 1)  # left neighbour, flat in (rows, R)
+    odd = (j - p // (R - 1) * R) % 2 == 1  # its column parity
+    flat = rs.reshape(-1)
+    for sweep in range(2 * _FLOAT_SCAN):
+        bad = flat[j + 1] < flat[j]
+        if not bad.any():
+            return rs, rbs
+        swap = j[bad & (odd == bool(sweep % 2))]  # disjoint pairs: one column parity
+        left = flat[swap]
+        flat[swap] = flat[swap + 1]
+        flat[swap + 1] = left
+    shared = np.zeros((rows, R), dtype=bool)
+    shared[:, 1:] = same
+    shared[:, :-1] |= same
+    pos = np.flatnonzero(shared)
+    key = _monotone_int32(flat[pos]).astype(np.int64) + (pos // R) * (np.int64(1) << 32)
+    flat[pos] = flat[pos][np.argsort(key)]
     return rs, rbs
 
 
@@ -852,84 +894,132 @@ def _block_minima(D: np.ndarray, k: int, w: int) -> tuple[np.ndarray, np.ndarray
 
 
 class _FloatScratch:
-    """Reusable per-chunk buffers of the float pass (one per chunk that can be pending)."""
+    """Reusable buffers of the float pass (one set per worker).
+
+    ``inc`` keeps a clean state between blocks (zero except at row starts):
+    :func:`_block_ranks` writes only the relevant buckets and restores them.
+    """
 
     def __init__(self, rows: int, n: int):
-        B, b = _FLOAT_BUCKETS, min(_FLOAT_BLOCK_ROWS, rows)
+        G, b = _FLOAT_BUCKETS, min(_FLOAT_BLOCK_ROWS, rows)
         self.dist = np.empty((rows, n), dtype=np.float32)
         self.scaled = np.empty((b, n), dtype=np.float32)
-        self.idx = np.empty((b, n), dtype=np.intp)
-        self.q = np.empty((b, n), dtype=np.intp)
-        self.nxt = np.empty((b, n), dtype=np.float32)
+        self.idx = np.empty((b, n), dtype=np.int32)  # row·G + bucket
+        self.q = np.empty((b, n), dtype=np.int32)  # row·(R+1) + relevant distances <= the item
+        self.nxt = np.empty((b, n), dtype=np.float32)  # a relevant distance looked up per item
         self.ge = np.empty((b, n), dtype=bool)
         self.ge2 = np.empty((b, n), dtype=bool)
-        self.L = np.empty((b, B), dtype=np.intp)
+        self.eq = np.empty((b, n), dtype=bool)
+        # Bucket tables of the block's rows, end to end (b·G entries).
+        self.inc = np.zeros(b * G, dtype=np.int32)
+        self.inc[G::G] = 1  # a new row adds W − R = 1 (its last bucket, reserved, holds none)
+        self.L = np.empty(b * G, dtype=np.int32)
 
 
-def _block_ranks(D, idx, lo, scale, members, self_cols, S):
+def _gather(table: np.ndarray, idx: np.ndarray, out: np.ndarray) -> None:
+    """out[...] = table[idx] for a 1-D table and int32 indices of out's shape (all valid).
+
+    torch.index_select takes the int32 indices as they are (numpy's take would first convert
+    them to intp) and releases the GIL; numpy is the fallback without torch.
+    """
+    torch = _torch()
+    if torch is None:  # pragma: no cover - torch is a project dependency
+        np.take(table, idx, out=out, mode="clip")
+        return
+    torch.index_select(
+        torch.from_numpy(table), 0, torch.from_numpy(idx.reshape(-1)), out=torch.from_numpy(out.reshape(-1))
+    )
+
+
+def _block_ranks(D, idx, members, self_cols, S):
     """Relevant ranks of a block of rows that share a label.
 
-    D (b, n) float32 distances; the relevant columns are ``members`` (the database items
-    with the rows' label); under leave-one-out ``self_cols`` (b,) are the own items, at
-    distance inf (overwritten here).  idx (b, n) intp bucket of every distance: trunc((d -
-    lo) * scale) in float32, non-decreasing in d; the own item in the reserved last bucket.
+    D (b, n) float32 distances; the relevant columns are ``members`` (sorted database
+    indices of the rows' label); under leave-one-out ``self_cols`` (b,) are the own items, at
+    distance +inf.  idx (b, n) int32: row·G + bucket of every distance (G = _FLOAT_BUCKETS),
+    the bucket non-decreasing in d along a row, the own item in the reserved bucket G − 1.
 
     Returns rs (b, R) the relevant distances ascending (own item dropped), cnt (b, R+1) the
     number of irrelevant items with q = j relevant distances <= them, and eqc (b, R+1) how
     many of those equal the relevant distance rs[:, j-1].
+
+    Per row, a table over the buckets: L[u] = row·(R+1) + number of relevant distances in
+    lower buckets, i.e. the flat index of the first relevant distance at or above bucket u
+    in A = the sorted relevant distances (+inf after the last).  An item at distance d in
+    bucket u then has q = L[u] + (d >= A[L[u]]) + (d >= A2[L[u]]), where A2[j] = A[j+1] when
+    that distance shares the bucket of A[j] (else +inf); the rare items at or above a
+    second relevant distance of their bucket are finished by :func:`_advance`.  Per item: one
+    gather from the bucket table, two from the small relevant arrays, a few comparisons, and
+    the histogram of q gives cnt.
     """
     b, n = D.shape
-    B = _FLOAT_BUCKETS
+    G = _FLOAT_BUCKETS
+    rows = np.arange(b)
     rel = D.take(members, axis=1, mode="clip")
-    with np.errstate(invalid="ignore", over="ignore"):  # the own item: inf
-        rb = np.multiply(rel - lo[:, None], scale[:, None]).astype(np.uint16)  # = idx[:, members]
-    if self_cols is not None:
-        rb[np.arange(b), np.searchsorted(members, self_cols)] = B - 1
-    rs, rbs = _sort_relevant(rel, rb)
+    rb = idx.take(members, axis=1, mode="clip")
+    rb -= (rows * G).astype(np.int32)[:, None]
+    rs, rbs = _sort_relevant(rel, rb.astype(np.uint16))
     if self_cols is not None:  # the own item (inf, last bucket) is sorted last
         rs, rbs = rs[:, :-1], rbs[:, :-1]
-        D[np.arange(b), self_cols] = -np.inf  # below every distance: never counted above a relevant one
     R = rs.shape[1]
     W = R + 1
-    rows = np.arange(b, dtype=np.int64)
-    # Flat (row·W + j) arrays: A = relevant distances + inf; A2[j] = A[j+1] if that item is
-    # in the same bucket as item j, else inf.
+    # L is the running sum of its increments: every relevant distance in bucket u adds 1 from
+    # bucket u + 1 on (u + 1 stays inside the row: distances use buckets 0..G-2).
+    inc, L = S.inc[: b * G], S.L[: b * G]
+    above = (rbs + (rows * G + 1).astype(np.int32)[:, None]).reshape(-1)
+    _add_ones(inc, above)
+    np.cumsum(inc, out=L)
+    inc[above] = 0
     A = np.full((b, W), np.inf, dtype=np.float32)
     A[:, :R] = rs
     A2 = np.full((b, W), np.inf, dtype=np.float32)
     A2[:, : R - 1] = np.where(rbs[:, 1:] == rbs[:, :-1], rs[:, 1:], np.inf)
     A, A2 = A.reshape(-1), A2.reshape(-1)
-    # Table L[row, bucket] = row·W + number of relevant distances in lower buckets.
-    hist = np.bincount((rbs + (rows * (B + 1) + 1)[:, None]).reshape(-1), minlength=b * (B + 1))
-    hist[:: B + 1] = rows * W
-    L = S.L[:b]
-    np.cumsum(hist.reshape(b, B + 1)[:, :B], axis=1, out=L)
-    q = S.q[:b]
-    for r in range(b):
-        L[r].take(idx[r], out=q[r], mode="clip")  # indices are valid: "clip" skips the checks
-    q[:, members] = (rows * W + R)[:, None]  # relevant columns: counted in bin R, removed below
-    # q = #relevant <= x: those in lower buckets (L), plus those of the item's own bucket
-    # that are <= x; all but a few buckets hold at most two relevant items.
-    nxt, ge, ge2 = S.nxt[:b], S.ge[:b], S.ge2[:b]
-    A.take(q, out=nxt, mode="clip")
-    np.equal(D, nxt, out=ge)
-    eq_pos = np.flatnonzero(ge)  # ties (rare)
+    q, nxt, ge, ge2, eq = S.q[:b], S.nxt[:b], S.ge[:b], S.ge2[:b], S.eq[:b]
+    _gather(L, idx, q)
+    _gather(A, q, nxt)
     np.greater_equal(D, nxt, out=ge)
-    A2.take(q, out=nxt, mode="clip")
+    np.equal(D, nxt, out=eq)  # ties (rare)
+    _gather(A2, q, nxt)
     np.greater_equal(D, nxt, out=ge2)
     np.add(ge.view(np.uint8), ge2.view(np.uint8), out=ge.view(np.uint8))  # 0, 1 or 2
-    np.add(q, ge.view(np.uint8), out=q)
+    np.add(q, ge.view(np.uint8), out=q, casting="unsafe")
+    q[:, members] = (rows * W + R)[:, None]  # relevant columns: counted in bin R, removed below
+    eq[:, members] = False
+    ge2[:, members] = False
     qf = q.reshape(-1)
     more = np.flatnonzero(ge2)  # at or above a 2nd relevant distance of the bucket (rare)
     if more.size:
-        g = qf.take(more) - 1  # row·W + index of that 2nd relevant item: <= x
+        g = qf.take(more) - 1  # row·W + index of that 2nd relevant distance: <= x
         e = _advance(D.reshape(-1).take(more), g, A, W, R)
         qf[more] = g
-        eq_pos = np.union1d(eq_pos, more[e])
-    cnt = np.bincount(qf, minlength=b * W)
+        eq.reshape(-1)[more[e]] = True
+    eq_pos = np.flatnonzero(eq)
+    cnt = _bincount(qf, b * W)
     cnt[rows * W + R] -= members.size
     eqc = np.bincount(qf.take(eq_pos), minlength=b * W)
     return np.ascontiguousarray(rs), cnt.reshape(b, W), eqc.reshape(b, W)
+
+
+def _add_ones(counts: np.ndarray, at: np.ndarray) -> None:
+    """counts[at] += 1 for every entry of ``at`` (repeats add up); counts int32 1-D.
+    torch's index_add_ (when importable) is several times faster than np.add.at."""
+    torch = _torch()
+    if torch is None:  # pragma: no cover - torch is a project dependency
+        np.add.at(counts, at, 1)
+        return
+    index = torch.from_numpy(at).long()
+    torch.from_numpy(counts).index_add_(0, index, torch.ones(index.numel(), dtype=torch.int32))
+
+
+def _bincount(x: np.ndarray, size: int) -> np.ndarray:
+    """np.bincount(x, minlength=size) for a 1-D array of small non-negative integers; torch's
+    (when importable) is faster on int32 and releases the GIL, so both chunk workers count
+    at once."""
+    torch = _torch()
+    if torch is None:  # pragma: no cover - torch is a project dependency
+        return np.bincount(x, minlength=size)
+    return torch.bincount(torch.from_numpy(x), minlength=size).numpy()
 
 
 def _tie_groups(rs: np.ndarray, eqc: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -966,23 +1056,14 @@ def _rank_sums(rs, cnt, eqc, n_db, map_ks, prec_ks):
     before += np.arange(R)
     # Every relevant item taken as a singleton group: P(before + 1) = (j + 1) / (before + 1);
     # the members of true tie groups are removed below.
-    cum = np.cumsum(np.arange(1, R + 1, dtype=np.float64) / (before + 1.0), axis=1)
-    ap = cum[:, -1].copy()
+    terms = np.arange(1, R + 1, dtype=np.float64) / (before + 1.0)
+    ap = terms.sum(axis=1)
     out = _PerQuery(ap=ap, ap_opt=ap.copy(), ap_pess=ap.copy())
-    # before is increasing along a row: the items before rank K are a prefix, found by one
-    # binary search per row in the rows laid end to end.
-    stride = int(before[:, -1].max()) + 1
-    flat_before = (before + (np.arange(b) * stride)[:, None]).reshape(-1)
-    row_base = np.arange(b) * stride
-
-    def count_below(K):  # per row: #{j: before[j] < K}
-        return np.searchsorted(flat_before, row_base + min(K, stride)) - np.arange(b) * R
-
+    # before is increasing along a row: the items before rank K are a prefix.
     for K in map_ks:
-        c = count_below(K)
-        out.ap_at[K] = np.where(c > 0, cum.reshape(-1)[np.arange(b) * R + np.maximum(c - 1, 0)], 0.0)
+        out.ap_at[K] = np.where(before < K, terms, 0.0).sum(axis=1)
     for K in prec_ks:
-        out.prec_at[K] = count_below(min(K, n_db)).astype(np.float64)
+        out.prec_at[K] = np.count_nonzero(before < min(K, n_db), axis=1).astype(np.float64)
     first, last = _tie_groups(rs, eqc)
     if not first.size:
         return out, None
@@ -1033,12 +1114,22 @@ def _float_pass(qf, q_lab, q_order, dbf, db_lab, distance, k, chunk, exclude_sel
     prescale = distance == "euclidean" and _min_abs_nonzero(qf) * _min_abs_nonzero(dbf) >= 2.0**-60
     starts = list(range(0, n_q, chunk))
     workers = _workers(len(starts))
-    scratch = [_FloatScratch(min(chunk, n_q), n) for _ in range(min(workers + 1, len(starts)))]
+    # One set of buffers per worker: a chunk's results never point into them, so a worker
+    # takes a free set for the chunk it computes and returns it when done.
+    scratch = queue.SimpleQueue()
+    for _ in range(min(workers, len(starts))):
+        scratch.put(_FloatScratch(min(chunk, n_q), n))
     w_blocks = n // k  # k-NN: the k row blocks' minima bound the k-th smallest distance
     big = float(np.finfo(np.float32).max)
 
     def process(i: int):
-        S = scratch[i % len(scratch)]
+        S = scratch.get()
+        try:
+            return compute(i, S)
+        finally:
+            scratch.put(S)
+
+    def compute(i: int, S: _FloatScratch):
         c0 = starts[i]
         c1 = min(c0 + chunk, n_q)
         m = c1 - c0
@@ -1058,6 +1149,8 @@ def _float_pass(qf, q_lab, q_order, dbf, db_lab, distance, k, chunk, exclude_sel
         for a, b in _label_runs(q_lab_sorted[c0:c1]):
             label = int(q_lab_sorted[c0 + a])
             members = members_of.get(label)
+            ranks = []  # _block_ranks of consecutive blocks of the run (same R), summed together
+            ranks_start = a
             for r0 in range(a, b, _FLOAT_BLOCK_ROWS):
                 r1 = min(r0 + _FLOAT_BLOCK_ROWS, b)
                 nb = r1 - r0
@@ -1105,15 +1198,23 @@ def _float_pass(qf, q_lab, q_order, dbf, db_lab, distance, k, chunk, exclude_sel
                     np.multiply(scaled, scale[:, None], out=idx, casting="unsafe")
                 if exclude_self:
                     idx[local, self_cols[r0:r1]] = _FLOAT_BUCKETS - 1
-                rs, cnt, eqc = _block_ranks(D, idx, lo, scale, members, self_cols[r0:r1] if exclude_self else None, S)
+                idx += (local * _FLOAT_BUCKETS).astype(np.int32)[:, None]  # flat index into the rows' tables
+                ranks.append(_block_ranks(D, idx, members, self_cols[r0:r1] if exclude_self else None, S))
+                if r1 < b and r1 - ranks_start < _FLOAT_SUM_ROWS:
+                    continue
+                # Metrics of rows ranks_start:r1 at once (a bounded number of rows: the
+                # temporaries of _rank_sums are rows x R arrays).
+                rs, cnt, eqc = (np.concatenate(x) if len(ranks) > 1 else x[0] for x in zip(*ranks))
                 part, groups = _rank_sums(rs, cnt, eqc, n_eff, map_ks, prec_ks)
+                done = slice(ranks_start, r1)
                 if groups is not None:
-                    tie_parts.append((groups[0] + r0,) + groups[1:])
-                sums.ap[r0:r1], sums.ap_opt[r0:r1], sums.ap_pess[r0:r1] = part.ap, part.ap_opt, part.ap_pess
+                    tie_parts.append((groups[0] + ranks_start,) + groups[1:])
+                sums.ap[done], sums.ap_opt[done], sums.ap_pess[done] = part.ap, part.ap_opt, part.ap_pess
                 for K in map_ks:
-                    sums.ap_at[K][r0:r1] = part.ap_at[K]
+                    sums.ap_at[K][done] = part.ap_at[K]
                 for K in prec_ks:
-                    sums.prec_at[K][r0:r1] = part.prec_at[K]
+                    sums.prec_at[K][done] = part.prec_at[K]
+                ranks, ranks_start = [], r1
         if tie_parts:  # the exact terms of all true tie groups of the chunk at once
             grow, N, size, Rb, r = (np.concatenate(part) for part in zip(*tie_parts))
             ties = _tie_group_terms(N, size, Rb, r, map_ks, prec_ks, n_eff)
@@ -1148,5 +1249,5 @@ def _float_pass(qf, q_lab, q_order, dbf, db_lab, distance, k, chunk, exclude_sel
 
     # Each worker runs its own matmul: share the cores between them instead of letting every
     # matmul start one BLAS thread per core (measured ~15% faster on 2 cores; same results).
-    with _blas_threads(max(1, (os.cpu_count() or 1) // workers) if workers > 1 else None):
+    with _blas_threads(max(1, (os.cpu_count() or 1) // workers) if workers > 1 else None), _torch_one_thread():
         yield from _pipelined(process, len(starts), workers)

@@ -743,3 +743,175 @@ def test_float_path_matches_closed_form_on_a_larger_database():
     assert_matches(res, closed_form_evaluate(dist, ql.tolist(), dl.tolist(), map_ks, prec_ks, 7), tol=1e-12)
     aps = [average_precision_score(dl == ql[i], -dist[i].astype(np.float64)) for i in range(40)]
     assert res.map == pytest.approx(np.mean(aps), abs=1e-6)  # sklearn: no tie-awareness
+
+
+# --------------------------------------------------------------------------------------
+# Float path internals: bucket table ranks, relevant sort, torch-free fallbacks
+# --------------------------------------------------------------------------------------
+
+
+def naive_block_ranks(D, members, self_cols):
+    """rs, cnt, eqc of _block_ranks by plain loops: per row, the relevant distances sorted
+    (own item dropped), and for every irrelevant item q = number of relevant distances <= it,
+    counted in cnt[q], and in eqc[q] too when it equals rs[q - 1]."""
+    member_set = set(members.tolist())
+    out_rs, out_cnt, out_eqc = [], [], []
+    for r, row in enumerate(D.tolist()):
+        own = None if self_cols is None else int(self_cols[r])
+        rs = sorted(row[j] for j in member_set if j != own)
+        cnt, eqc = [0] * (len(rs) + 1), [0] * (len(rs) + 1)
+        for j, x in enumerate(row):
+            if j in member_set:
+                continue
+            q = sum(v <= x for v in rs)
+            cnt[q] += 1
+            eqc[q] += q > 0 and rs[q - 1] == x
+        out_rs.append(rs), out_cnt.append(cnt), out_eqc.append(eqc)
+    return np.array(out_rs, dtype=np.float32), np.array(out_cnt), np.array(out_eqc)
+
+
+def block_ranks_of(D, members, self_cols, buckets):
+    """Run _block_ranks as the float pass does (buckets over each row's range) with
+    ``buckets`` buckets per row."""
+    from unittest import mock
+
+    with mock.patch.object(metrics_mod, "_FLOAT_BUCKETS", buckets):
+        b, n = D.shape
+        S = metrics_mod._FloatScratch(b, n)
+        D = D.copy()
+        if self_cols is not None:
+            D[np.arange(b), self_cols] = np.inf
+        finite = np.where(np.isfinite(D), D, -np.inf)
+        lo = np.where(np.isfinite(D), D, np.inf).min(axis=1)
+        span = finite.max(axis=1).astype(np.float64) - lo
+        scale = np.where(span > 0, (buckets - 2) / np.where(span > 0, span, 1.0), 0.0).astype(np.float32)
+        idx = S.idx[:b]
+        with np.errstate(invalid="ignore", over="ignore"):
+            np.multiply(D - lo[:, None], scale[:, None], out=idx, casting="unsafe")
+        if self_cols is not None:
+            idx[np.arange(b), self_cols] = buckets - 1
+        idx += (np.arange(b) * buckets).astype(np.int32)[:, None]
+        rs, cnt, eqc = metrics_mod._block_ranks(D, idx, members, self_cols, S)
+        # The scratch tables are left clean for the next block.
+        expected_inc = np.zeros(b * buckets, dtype=np.int32)
+        expected_inc[buckets::buckets] = 1
+        np.testing.assert_array_equal(S.inc, expected_inc)
+    return rs, cnt, eqc
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    rows=st.integers(1, 5),
+    n=st.integers(2, 120),
+    spread=st.sampled_from([1, 2, 5, 1000]),
+    relevant=st.floats(0.05, 0.9),
+    buckets=st.sampled_from([4, 16, 64, 1 << 10, 1 << 16]),
+    scan=st.sampled_from([1, 2, 8]),
+    exclude_self=st.booleans(),
+    negative=st.booleans(),
+    seed=st.integers(0, 2**32 - 1),
+)
+def test_property_block_ranks_equal_plain_counts(
+    rows, n, spread, relevant, buckets, scan, exclude_self, negative, seed
+):
+    # Small spreads: massive ties between relevant and irrelevant distances, many relevant
+    # distances per bucket (second-threshold and _advance paths); large: mostly distinct.
+    from unittest import mock
+
+    rng = np.random.default_rng(seed)
+    D = rng.integers(-spread if negative else 0, spread + 1, (rows, n)).astype(np.float32)
+    D += np.float32(0.0)
+    members = np.flatnonzero(rng.random(n) < relevant)
+    if members.size < 1 + int(exclude_self):
+        members = np.arange(1 + int(exclude_self))
+    self_cols = rng.choice(members, rows) if exclude_self else None
+    with mock.patch.object(metrics_mod, "_FLOAT_SCAN", scan):
+        rs, cnt, eqc = block_ranks_of(D, members, self_cols, buckets)
+    ref_rs, ref_cnt, ref_eqc = naive_block_ranks(D, members, self_cols)
+    np.testing.assert_array_equal(rs, ref_rs)
+    np.testing.assert_array_equal(cnt, ref_cnt)
+    np.testing.assert_array_equal(eqc, ref_eqc)
+
+
+def test_block_ranks_on_continuous_distances_with_planted_ties():
+    # Realistic rows (distinct float distances, 65,536 buckets) with irrelevant items planted
+    # on relevant distances and relevant duplicates: the rare tie paths inside a large table.
+    rng = np.random.default_rng(21)
+    D = (rng.normal(size=(4, 3000)) * 30 + 250).astype(np.float32)
+    members = np.flatnonzero(rng.random(3000) < 0.2)
+    others = np.setdiff1d(np.arange(3000), members)
+    D[:, others[:40]] = D[:, members[:40]]  # irrelevant == relevant
+    D[:, members[40:60]] = D[:, members[60:80]]  # relevant == relevant
+    for self_cols in (None, members[[0, 5, 9, 100]]):
+        got = block_ranks_of(D, members, self_cols, 1 << 16)
+        for a, b in zip(got, naive_block_ranks(D, members, self_cols)):
+            np.testing.assert_array_equal(a, b)
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    rows=st.integers(1, 4),
+    R=st.integers(1, 200),
+    n_buckets=st.integers(1, 300),
+    values=st.sampled_from(["normal", "few", "tiny"]),
+    scan=st.sampled_from([1, 2, 8]),
+    seed=st.integers(0, 2**32 - 1),
+)
+def test_property_sort_relevant_is_an_exact_sort(rows, R, n_buckets, values, scan, seed):
+    # Runs of equal buckets of every length: swaps for short runs, the sort fallback for long.
+    from unittest import mock
+
+    rng = np.random.default_rng(seed)
+    v = {"normal": rng.normal(size=(rows, R)), "few": rng.integers(-3, 4, (rows, R)),
+         "tiny": rng.normal(size=(rows, R)) * 1e-30}[values].astype(np.float32) + np.float32(0.0)
+    lo, hi = v.min(axis=1), v.max(axis=1)
+    scale = np.where(hi > lo, (n_buckets - 1) / np.where(hi > lo, hi - lo, 1).astype(np.float64), 0).astype(np.float32)
+    buckets = ((v - lo[:, None]) * scale[:, None]).astype(np.uint16)
+    with mock.patch.object(metrics_mod, "_FLOAT_SCAN", scan):
+        rs, rbs = metrics_mod._sort_relevant(v, buckets)
+    np.testing.assert_array_equal(rs, np.sort(v, axis=1))
+    np.testing.assert_array_equal(rbs, np.sort(buckets, axis=1))
+
+
+@pytest.mark.parametrize("distance", ["euclidean", "cosine"])
+@pytest.mark.parametrize("chunk", [None, 7, 25])
+@pytest.mark.parametrize("block_rows, sum_rows", [(8, 32), (3, 5)])
+def test_label_runs_spanning_blocks_and_chunks_match_closed_form(monkeypatch, distance, chunk, block_rows, sum_rows):
+    # 60 queries of 3 labels (one absent from the database): label runs of ~20 rows cover
+    # several blocks, whose ranks are summed a few blocks at a time, and cross chunk boundaries.
+    monkeypatch.setattr(metrics_mod, "_FLOAT_BLOCK_ROWS", block_rows)
+    monkeypatch.setattr(metrics_mod, "_FLOAT_SUM_ROWS", sum_rows)
+    rng = np.random.default_rng(31)
+    db = rng.integers(-3, 4, (400, 3))
+    dl = rng.integers(0, 2, 400)
+    q, ql = rng.integers(-3, 4, (60, 3)), rng.integers(0, 3, 60)
+    map_ks, prec_ks = (5, 50, 400), (1, 30, 1000)
+    res = evaluate_retrieval(q.astype(np.float32), ql, db.astype(np.float32), dl, distance=distance,
+                             map_at=map_ks, precision_at=prec_ks, knn_k=7, chunk_size=chunk)
+    dist = float32_distances(q, db, distance)
+    assert_matches(res, closed_form_evaluate(dist, ql.tolist(), dl.tolist(), map_ks, prec_ks, 7), tol=1e-12)
+    assert res.queries_without_relevant == int(np.count_nonzero(ql == 2))
+
+
+@pytest.mark.parametrize("exclude_self", [False, True])
+def test_float_path_without_torch_gives_the_same_results(monkeypatch, exclude_self):
+    rng = np.random.default_rng(41)
+    db = np.concatenate([rng.normal(size=(500, 5)), np.repeat(rng.normal(size=(20, 5)), 6, axis=0)])
+    db = db.astype(np.float32)
+    dl = rng.integers(0, 3, db.shape[0])
+    q, ql = (db, dl) if exclude_self else (rng.normal(size=(30, 5)).astype(np.float32), rng.integers(0, 3, 30))
+    kw = dict(distance="euclidean", map_at=(10, 100), precision_at=(5, 50), knn_k=5, exclude_self=exclude_self)
+    with_torch = evaluate_retrieval(q, ql, db, dl, **kw).to_dict()
+    monkeypatch.setattr(metrics_mod, "_torch", lambda: None)
+    without = evaluate_retrieval(q, ql, db, dl, **kw).to_dict()
+    assert without == with_torch
+
+
+def test_float_pass_restores_torch_threads():
+    import torch
+
+    before = torch.get_num_threads()
+    rng = np.random.default_rng(5)
+    x = rng.normal(size=(20, 4)).astype(np.float32)
+    evaluate_retrieval(x, rng.integers(0, 2, 20), x, rng.integers(0, 2, 20), distance="euclidean")
+    assert torch.get_num_threads() == before
