@@ -21,6 +21,7 @@ from typing import Any, Callable, List, Optional
 import typer
 
 from deephash_cli import __version__
+from deephash_cli import options as lists
 from deephash_cli.errors import DeephashError, Terminated, on_signal, raise_pending
 
 
@@ -217,31 +218,6 @@ STREAM_HELP = " '-' reads it from stdin (e.g. piped from another command's -o -)
 OUT_STREAM_HELP = " '-' streams it to stdout."
 
 
-def _comma_list(text: str, option: str, convert: Callable[[str], Any], item: str) -> list[Any]:
-    """A comma-separated option value as a list: '0,1,2' -> [convert('0'), convert('1'), convert('2')].
-
-    The parser for list options of the kind of --seeds: an empty item ('0,,1', a stray comma), an item that
-    ``convert`` refuses (ValueError) and a repeated item are each a one-line DeephashError naming ``option``
-    and what each ``item`` must be (e.g. 'an integer ≥ 0').
-    """
-    parts = [part.strip() for part in text.split(",")]
-    if any(not part for part in parts):
-        raise DeephashError(f"{option} '{text}': an empty item; expected comma-separated values, each {item}")
-    values: list[Any] = []
-    for part in parts:
-        try:
-            value = convert(part)
-        except ValueError:
-            raise DeephashError(f"{option} '{text}': '{part}' is not {item}") from None
-        if value in values:
-            raise DeephashError(f"{option} '{text}': {part} is given twice")
-        values.append(value)
-    return values
-
-
-METRIC_NAMES = "map, map@K, precision@K, knn, recall@K, map@r, nmi"
-
-
 def _parse_metrics(text: str) -> tuple[list[int], list[int], list[str]]:
     """'map,map@1000,precision@100,knn' -> (map_at Ks, precision_at Ks, the metric names in the order asked,
     normalised and without repeats: ['map', 'map@1000', 'precision@100', 'knn']).
@@ -250,7 +226,7 @@ def _parse_metrics(text: str) -> tuple[list[int], list[int], list[str]]:
     with that K: 'recall@1,2,4,8' is recall@1, recall@2, recall@4 and recall@8."""
     map_at, precision_at, names = [], [], []
     previous = None
-    for raw in (part.strip() for part in text.split(",") if part.strip()):
+    for raw in lists.METRICS.parse(text):
         if raw.isdigit() and previous is not None:
             raw = f"{previous}@{raw}"
         name, _, k = raw.lower().partition("@")
@@ -259,15 +235,15 @@ def _parse_metrics(text: str) -> tuple[list[int], list[int], list[str]]:
             normalised = "map@r"
         elif name not in ("map", "precision", "knn", "recall", "nmi") or (name in ("knn", "nmi") and k) \
                 or (name in ("precision", "recall") and not k):
-            raise DeephashError(f"unknown metric '{raw}'; valid names: {METRIC_NAMES} (a bare number after "
-                                f"recall@K, map@K or precision@K adds another K)")
+            raise DeephashError(f"--metric '{text}': unknown metric '{raw}'; valid names: {lists.METRIC_NAMES} (a "
+                                f"bare number after recall@K, map@K or precision@K adds another K)")
         elif k:
             try:
                 value = int(k)
             except ValueError:
-                raise DeephashError(f"metric '{raw}': K must be a positive integer") from None
+                raise DeephashError(f"--metric '{text}': metric '{raw}': K must be a positive integer") from None
             if value <= 0:
-                raise DeephashError(f"metric '{raw}': K must be a positive integer")
+                raise DeephashError(f"--metric '{text}': metric '{raw}': K must be a positive integer")
             if name != "recall":
                 (map_at if name == "map" else precision_at).append(value)
             normalised = f"{name}@{value}"
@@ -275,8 +251,6 @@ def _parse_metrics(text: str) -> tuple[list[int], list[int], list[str]]:
             normalised = name
         if normalised not in names:
             names.append(normalised)
-    if not names:
-        raise DeephashError(f"--metric needs at least one of {METRIC_NAMES}")
     return map_at, precision_at, names
 
 
@@ -299,6 +273,13 @@ def _loss_options(beta: str, beta_init: float, beta_lr: float, npair_reg: float)
 
 
 # --------------------------------------------------------------------------- extract
+
+
+MEAN = typer.Option("0.485,0.456,0.406", metavar=lists.MEAN.metavar, help="Per-channel mean for normalisation "
+                    "(ImageNet's; the shared MobileNetV2 weights need 0.5,0.5,0.5); one value: all three channels.")
+STD = typer.Option("0.229,0.224,0.225", metavar=lists.STD.metavar, help="Per-channel std for normalisation, each "
+                   "> 0 (ImageNet's; the shared MobileNetV2 weights need 0.5,0.5,0.5); one value: all three "
+                   "channels.")
 
 
 @command("extract")
@@ -326,10 +307,8 @@ def extract(
                                 "torchvision model, loaded with weights_only=True."),
     image_size: Optional[int] = typer.Option(None, help="Resize (short side) and centre-crop size. Default: 224 "
                                              "for CNN backbones, the native size for pixels."),
-    mean: str = typer.Option("0.485,0.456,0.406", help="Per-channel mean for normalisation (ImageNet's; the "
-                             "shared MobileNetV2 weights need 0.5,0.5,0.5)."),
-    std: str = typer.Option("0.229,0.224,0.225", help="Per-channel std for normalisation (ImageNet's; the "
-                            "shared MobileNetV2 weights need 0.5,0.5,0.5)."),
+    mean: str = MEAN,
+    std: str = STD,
     batch_size: int = typer.Option(128, help="Images per forward pass."),
     device: str = typer.Option("auto", help="auto (CUDA when present), cpu or cuda."),
     workers: int = typer.Option(1, help="DataLoader worker processes decoding images (0: in the main process)."),
@@ -361,6 +340,7 @@ def extract(
     """Extract features of every split with a pretrained CNN (layer before the classifier) into HDF5."""
     from deephash_cli import shards, stages
 
+    mean_rgb, std_rgb = lists.channels(lists.MEAN, mean), lists.channels(lists.STD, std)
     _pixel_limit(max_image_pixels)
     chosen = shards.choose(shard)
     with _streams() as io:
@@ -371,7 +351,7 @@ def extract(
             out = shards.output_path(out, chosen)
         path = stages.run_extract(
             out, dataset=dataset, data_dir=data_dir, backbone=backbone, weights=weights, image_size=image_size,
-            mean=mean, std=std, batch_size=batch_size, device=device, workers=workers,
+            mean=mean_rgb, std=std_rgb, batch_size=batch_size, device=device, workers=workers,
             limit_per_class=limit_per_class, test_fraction=test_fraction, seed=seed, skip_corrupt=skip_corrupt,
             force=force, model_path=model, shard=chosen, split=split, runtime=runtime,
             calibration_images=calibration_images)
@@ -409,7 +389,8 @@ def merge(
 @command("evaluate")
 def evaluate(
     file: Path = typer.Argument(..., help="A features, embeddings or codes artifact." + STREAM_HELP),
-    metric: str = typer.Option("map,precision@100,knn", "--metric", "-m", help="Comma-separated: map (mAP over "
+    metric: str = typer.Option("map,precision@100,knn", "--metric", "-m", metavar=lists.METRICS.metavar,
+                               help="Comma-separated (an empty item is an error): map (mAP over "
                                "the whole database), map@K, precision@K, knn; and the metric-learning ones "
                                "recall@K (a hit among the K nearest; recall@1,2,4,8 asks four), map@r (MAP@R, "
                                "Musgrave et al. 2020) and nmi (k-means of the queries, seeded by --seed). The "
@@ -427,8 +408,9 @@ def evaluate(
                                  "metric-learning protocol on unseen classes; an artifact with query and gallery "
                                  "splits, In-shop, is evaluated query against gallery)."),
     query_split: str = typer.Option("test", help="Split the queries come from."),
-    database_split: str = typer.Option("train,val", help="Database splits, comma-separated (protocol splits); "
-                                       "val is used when present."),
+    database_split: str = typer.Option("train,val", metavar=lists.DATABASE_SPLITS.metavar, help="Database splits, "
+                                       f"comma-separated, each given once (protocol splits): {lists.SPLIT_NAMES}; "
+                                       "val is used when present. An empty item is an error."),
     queries_per_class: int = typer.Option(100, help="Queries per class (protocol pooled)."),
     seed: int = typer.Option(0, help="Seed of the pooled protocol's query draw and of nmi's k-means."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object on stdout instead of a table."),
@@ -441,12 +423,13 @@ def evaluate(
     from deephash_cli import stages
 
     map_at, precision_at, names = _parse_metrics(metric)
+    database = lists.DATABASE_SPLITS.parse(database_split)
     if ties not in ("expected", "optimistic", "pessimistic"):
         raise DeephashError(f"unknown --ties '{ties}'; valid names: expected, optimistic, pessimistic")
     with _streams() as io:
         result = stages.run_evaluate(io.input(file), map_at=map_at, precision_at=precision_at, knn_k=k,
                                      distance=distance, protocol=protocol, query_split=query_split,
-                                     database_split=database_split, queries_per_class=queries_per_class, seed=seed,
+                                     database_split=database, queries_per_class=queries_per_class, seed=seed,
                                      ties=ties, record=record, metrics=names,
                                      recall_at=[int(n.split("@")[1]) for n in names if n.startswith("recall@")],
                                      map_at_r="map@r" in names, nmi="nmi" in names)
@@ -510,11 +493,7 @@ def _train_options(epochs: int, batch_size: int, lr: float, optimizer: str, weig
                    lr_milestones: str = "", lr_gamma: float = 0.1):
     from deephash_cli.train import TrainOptions
 
-    try:
-        milestones = tuple(int(part) for part in lr_milestones.split(",") if part.strip())
-    except ValueError:
-        raise DeephashError(f"--lr-milestones expects comma-separated epochs (e.g. 6,9), got '{lr_milestones}'") \
-            from None
+    milestones = tuple(lists.LR_MILESTONES.parse(lr_milestones))
     return TrainOptions(epochs=epochs, batch_size=batch_size, lr=lr, optimizer=optimizer, weight_decay=weight_decay,
                         seed=seed, early_stopping=early_stopping, miner=None if miner == "random" else miner,
                         classes_per_batch=classes_per_batch, samples_per_class=samples_per_class,
@@ -527,13 +506,6 @@ def _given(ctx: typer.Context, name: str) -> bool:
     return source is not None and source.name in ("COMMANDLINE", "ENVIRONMENT")
 
 
-def _natural(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise ValueError(text)
-    return value
-
-
 def _seed_list(ctx: typer.Context, seeds: Optional[str]) -> Optional[list[int]]:
     """The seeds of --seeds (None without it); --seed and --seeds together are an error."""
     if seeds is None:
@@ -541,7 +513,7 @@ def _seed_list(ctx: typer.Context, seeds: Optional[str]) -> Optional[list[int]]:
     if _given(ctx, "seed"):
         raise DeephashError("--seed and --seeds exclude each other; give --seed S for one run or --seeds S,S,... "
                             "for one run per seed")
-    return _comma_list(seeds, "--seeds", _natural, "an integer seed ≥ 0 (e.g. --seeds 0,1,2)")
+    return lists.SEEDS.parse(seeds)
 
 
 def _command_with(ctx: typer.Context, changes: dict[str, Any]) -> str:
@@ -596,13 +568,14 @@ EPOCHS = typer.Option(20, help="Training epochs (an epoch: one random triplet pe
                       "n/(P·K) mined batches).")
 BATCH = typer.Option(256, help="Triplets per step with --miner random (mined batches are P×K items).")
 LR = typer.Option(1e-3, help="Learning rate.")
-LR_MILESTONES = typer.Option("", help="Step decay: comma-separated epochs after which every learning rate is "
-                             "multiplied by --lr-gamma (e.g. 6,9). Default: constant rates.")
+LR_MILESTONES = typer.Option("", metavar=lists.LR_MILESTONES.metavar, help="Step decay: comma-separated epochs "
+                             "(each ≥ 1, increasing) after which every learning rate is multiplied by --lr-gamma "
+                             "(e.g. 6,9). Default: constant rates. An empty item (6,,9) is an error.")
 LR_GAMMA = typer.Option(0.1, help="Learning-rate factor applied at each --lr-milestones epoch.")
 OPTIMIZER = typer.Option("adam", help="adam or sgd (Nesterov momentum 0.9).")
 WEIGHT_DECAY = typer.Option(0.0, help="L2 weight decay, ≥ 0.")
 SEED = typer.Option(0, help="Seed of initialisation, validation split, triplets and batches.")
-SEEDS = typer.Option(None, "--seeds", metavar="S,S,...", help="Run once per seed, e.g. 0,1,2, instead of "
+SEEDS = typer.Option(None, "--seeds", metavar=lists.SEEDS.metavar, help="Run once per seed, e.g. 0,1,2, instead of "
                      "--seed: each run equals this command with --seed S and writes its outputs with .seed<S> "
                      "before the extension (-o hash.model.h5 -> hash.seed0.model.h5, ...); `deephash report` "
                      "shows the runs as mean ± std.")
@@ -650,9 +623,10 @@ def train_triplet(
                              "npair (Sohn 2016, multi-class N-pair: one pair per class of the batch, raw "
                              "embeddings, no margin) or margin (Wu et al. 2017: learned boundary β, see --beta*; "
                              "partner: --miner distance-weighted)."),
-    margin: str = typer.Option("0.05,0.1,0.2,0.5,1.0", help="Margins to try, comma-separated; one model per "
-                               "margin, the best validation mAP wins (hoffer and npair ignore it; margin: α, the "
-                               "paper's 0.2)."),
+    margin: str = typer.Option("0.05,0.1,0.2,0.5,1.0", metavar=lists.MARGINS.metavar, help="Margins to try, "
+                               "comma-separated, each > 0 and given once; one model per margin, the best "
+                               "validation mAP wins (hoffer and npair ignore it; margin: α, the paper's 0.2). An "
+                               "empty item (0.1,,0.2) is an error."),
     head: str = typer.Option("mlp", help="Embedding network: linear (d→dim) or mlp (d→hidden→dim, BatchNorm, "
                              "ReLU)."),
     dim: int = typer.Option(128, help="Embedding dimension."),
@@ -683,6 +657,7 @@ def train_triplet(
     from deephash_cli.train_stages import run_train_triplet
     from deephash_cli.ui import stderr_console
 
+    margins = lists.MARGINS.parse(margin)
     seed_list = _seed_list(ctx, seeds)
     options = _train_options(epochs, batch_size, lr, optimizer, weight_decay, seed, early_stopping, miner,
                              classes_per_batch, samples_per_class, lr_milestones=lr_milestones, lr_gamma=lr_gamma)
@@ -690,7 +665,7 @@ def train_triplet(
 
     def train(source: Path, out: Path, model_out: Optional[Path], run_seed: int) -> Path:
         summary = run_train_triplet(source, out, save_model_path=model_out, head=head, dim=dim, hidden=hidden,
-                                    loss=loss, margins=margin, val_fraction=val_fraction,
+                                    loss=loss, margins=margins, val_fraction=val_fraction,
                                     options=dataclasses.replace(options, seed=run_seed),
                                     device=resolve_device(device), force=force, loss_options=loss_options)
         prefix = f"seed {run_seed}: " if seed_list is not None else ""
@@ -831,10 +806,8 @@ def finetune(
     image_size: Optional[int] = typer.Option(None, help="Training crop and evaluation size (default 224). "
                                              "Training: random resized crop (scale 0.5–1) + horizontal flip; "
                                              "validation and extract: resize + centre crop."),
-    mean: str = typer.Option("0.485,0.456,0.406", help="Per-channel mean (ImageNet's; the shared MobileNetV2 "
-                             "weights need 0.5,0.5,0.5)."),
-    std: str = typer.Option("0.229,0.224,0.225", help="Per-channel std (ImageNet's; the shared MobileNetV2 "
-                            "weights need 0.5,0.5,0.5)."),
+    mean: str = MEAN,
+    std: str = STD,
     limit_per_class: Optional[int] = typer.Option(None, help="Keep only the first N items of each class per split "
                                                   "(quick subsets)."),
     test_fraction: float = typer.Option(0.2, help="Test share when the dataset has no test split (as extract)."),
@@ -849,7 +822,7 @@ def finetune(
     hidden: int = typer.Option(512, help="Hidden width of the mlp head."),
     loss: str = typer.Option("facenet", help="Embedding loss (--objective triplet): facenet, hoffer, contrastive, "
                              "npair or margin (as train-triplet)."),
-    margin: str = typer.Option("0.2", help="The loss margin (--objective triplet; one value)."),
+    margin: str = typer.Option("0.2", metavar="M", help="The loss margin, > 0 (--objective triplet; one value)."),
     beta: str = BETA,
     beta_init: float = BETA_INIT,
     beta_lr: float = BETA_LR,
@@ -905,6 +878,11 @@ def finetune(
     from deephash_cli.hashing import HashOptions
     from deephash_cli.ui import stderr_console
 
+    mean_rgb, std_rgb = lists.channels(lists.MEAN, mean), lists.channels(lists.STD, std)
+    margins = lists.MARGINS.parse(margin)
+    if len(margins) > 1:
+        raise DeephashError(f"--margin '{margin}': fine-tuning trains one model, give one margin; choose it with "
+                            f"train-triplet's margin search on extracted features")
     _pixel_limit(max_image_pixels)
     seed_list = _seed_list(ctx, seeds)
     options = _train_options(epochs, batch_size, lr, optimizer, weight_decay, seed, early_stopping, miner,
@@ -919,9 +897,9 @@ def finetune(
 
     def train(path: Path, run_seed: int) -> Optional[Path]:
         summary = run_finetune(path, objective=objective, dataset=dataset, data_dir=data_dir, backbone=backbone,
-                               weights=weights, image_size=image_size, mean=mean, std=std,
+                               weights=weights, image_size=image_size, mean=mean_rgb, std=std_rgb,
                                limit_per_class=limit_per_class, test_fraction=test_fraction, split_seed=split_seed,
-                               head=head, dim=dim, hidden=hidden, loss=loss, margin=margin, bits=bits,
+                               head=head, dim=dim, hidden=hidden, loss=loss, margin=margins[0], bits=bits,
                                method=method, hash_options=hash_options, val_fraction=val_fraction,
                                options=dataclasses.replace(options, seed=run_seed), lr_backbone=lr_backbone,
                                freeze_bn=freeze_bn, amp=amp, device=device, workers=workers,
@@ -968,9 +946,10 @@ def index(
                                           "(rewritten atomically)."),
     add: Optional[Path] = typer.Option(None, "--add", help="Append the items of this artifact (new images, made by "
                                        "the same encoder: backbone, weights, head, bits) to the index ARTIFACT."),
-    splits: Optional[str] = typer.Option(None, help="Comma-separated splits to put in the database. Default: "
+    splits: Optional[str] = typer.Option(None, metavar=lists.INDEX_SPLITS.metavar, help="Comma-separated splits "
+                                         f"to put in the database, each given once: {lists.SPLIT_NAMES}. Default: "
                                          "train,val (val when present), as evaluate's database; with --add every "
-                                         "split of the new artifact."),
+                                         "split of the new artifact. An empty item is an error."),
     index_type: str = typer.Option("flat", "--type", help="Index type. " + _index_types_help() + "; or "
                                    "factory:STRING, a faiss factory string (index_binary_factory for codes)."),
     metric: Optional[str] = typer.Option(None, help="Floats: l2 (squared euclidean, evaluate's default) or cosine "
@@ -1001,15 +980,16 @@ def index(
     if add is not None and (_given(ctx, "tie_order") or _given(ctx, "seed")):
         raise DeephashError("--tie-order and --seed are fixed when the index is built; --add uses the index's own "
                             "(see deephash info)")
+    split_names = lists.INDEX_SPLITS.parse(splits) if splits is not None else None
     with _streams() as io:
         source = io.input(artifact)
         if add is not None:
             out = output or source
-            summary = run_index_add(source, io.input(add), out, splits=splits, force=force)
+            summary = run_index_add(source, io.input(add), out, splits=split_names, force=force)
             stderr = f"added {summary['added']} items: {summary['items']} in the index (ties {summary['ties']})"
         else:
             out = output or _default_output(f"{io.stem(artifact)}.index-{index_type.replace(':', '-')}.h5")
-            summary = run_index(source, out, splits=splits or "train,val", index_type=index_type, metric=metric,
+            summary = run_index(source, out, splits=split_names or ["train", "val"], index_type=index_type, metric=metric,
                                 parameters=dict(nlist=nlist, hnsw_m=hnsw_m, nhash=nhash, hash_bits=hash_bits,
                                                 pq_m=pq_m), tie_order=tie_order, seed=seed, force=force)
             stderr = (f"indexed {summary['items']} items ({summary['type']}, {summary['bytes']:,} bytes, ties "

@@ -21,19 +21,6 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
-def parse_triple(text: str, option: str) -> tuple[float, float, float]:
-    """'0.5,0.5,0.5' -> (0.5, 0.5, 0.5); a single number is repeated for the three channels."""
-    try:
-        values = tuple(float(v) for v in text.split(","))
-    except ValueError:
-        raise DeephashError(f"{option} expects three comma-separated numbers, got '{text}'") from None
-    if len(values) == 1:
-        values = values * 3
-    if len(values) != 3:
-        raise DeephashError(f"{option} expects three comma-separated numbers (R,G,B), got {len(values)}")
-    return values  # type: ignore[return-value]
-
-
 def make_transform(image_size: int, mean: Sequence[float], std: Sequence[float],
                    train: bool = False) -> Callable:
     """Test-time: resize the short side to ``image_size``, centre-crop, scale to [0,1], normalise.

@@ -76,11 +76,11 @@ def load_finetuned(path: Path) -> tuple[FinetuneModel, dict[str, Any]]:
     return model.eval(), architecture
 
 
-def load_for_extract(path: Path, *, backbone: str, weights: str, image_size: int | None, mean: str,
-                     std: str) -> tuple[FinetuneModel, dict[str, Any]]:
+def load_for_extract(path: Path, *, backbone: str, weights: str, image_size: int | None, mean: Sequence[float],
+                     std: Sequence[float]) -> tuple[FinetuneModel, dict[str, Any]]:
     """``extract --model``: the model fixes backbone, weights and preprocessing; contradicting options are errors
     (options left at their defaults are not contradictions)."""
-    from deephash_cli.extract import IMAGENET_MEAN, IMAGENET_STD, parse_triple
+    from deephash_cli.extract import IMAGENET_MEAN, IMAGENET_STD
 
     model, architecture = load_finetuned(path)
     conflicts = []
@@ -90,10 +90,9 @@ def load_for_extract(path: Path, *, backbone: str, weights: str, image_size: int
         conflicts.append("--weights (the model carries its own)")
     if image_size is not None and image_size != architecture["image_size"]:
         conflicts.append(f"--image-size {image_size} (the model's is {architecture['image_size']})")
-    for option, text, default, key in (("--mean", mean, IMAGENET_MEAN, "mean"), ("--std", std, IMAGENET_STD, "std")):
-        value = parse_triple(text, option)
+    for option, value, default, key in (("--mean", mean, IMAGENET_MEAN, "mean"), ("--std", std, IMAGENET_STD, "std")):
         if not np.allclose(value, default) and not np.allclose(value, architecture[key]):
-            conflicts.append(f"{option} {text} (the model's is {','.join(map(str, architecture[key]))})")
+            conflicts.append(f"{option} {','.join(map(str, value))} (the model's is {','.join(map(str, architecture[key]))})")
     if conflicts:
         raise DeephashError(f"{path} fixes the backbone and preprocessing; drop {'; '.join(conflicts)}")
     return model, architecture
@@ -252,12 +251,11 @@ def read_resume(path: Path, fingerprint: dict[str, Any]) -> Checkpoint:
 # --------------------------------------------------------------------------- the stage
 
 
-def _objective(family: str, *, loss: str, margin: str, bits: int, method: str, hash_options: Any,
+def _objective(family: str, *, loss: str, margin: float | None, bits: int, method: str, hash_options: Any,
                loss_options: Any = None, data: Any = None) -> Objective:
-    """``--objective``'s :class:`~deephash_cli.objectives.Objective` (one ``--margin`` value: fine-tuning trains
-    one model)."""
+    """``--objective``'s :class:`~deephash_cli.objectives.Objective` (``margin``: the triplet loss's, > 0;
+    fine-tuning trains one model)."""
     from deephash_cli.hashing import TrainingData
-    from deephash_cli.train_stages import parse_margins
 
     data = data or TrainingData(2, np.zeros(0, np.int64), 0)  # options checked before the dataset is read
 
@@ -269,19 +267,17 @@ def _objective(family: str, *, loss: str, margin: str, bits: int, method: str, h
 
             LOSSES.get(loss)
             raise DeephashError(f"loss '{loss}' is a hashing loss; use --objective hash --method {loss}")
-        margins = parse_margins(margin)
-        if len(margins) > 1:
-            raise DeephashError(f"--margin: fine-tuning trains one model, give one margin (got {margins}); choose it "
-                                f"with train-triplet's margin search on extracted features")
-        return build_objective(family, loss=loss, margin=margins[0], bits=bits, method=method,
+        if margin is None or not margin > 0:
+            raise DeephashError(f"--margin must be > 0 for --objective triplet, got {margin}")
+        return build_objective(family, loss=loss, margin=margin, bits=bits, method=method,
                                hash_options=hash_options, loss_options=loss_options, data=data)
     return build_objective(family, loss=loss, margin=None, bits=bits, method=method, hash_options=hash_options,
                            loss_options=loss_options, data=data)
 
 
 def run_finetune(output: Path, *, objective: str, dataset: str, data_dir: str | None, backbone: str, weights: str,
-                 image_size: int | None, mean: str, std: str, limit_per_class: int | None, test_fraction: float,
-                 head: str, dim: int, hidden: int, loss: str, margin: str, bits: int, method: str,
+                 image_size: int | None, mean: Sequence[float], std: Sequence[float], limit_per_class: int | None,
+                 test_fraction: float, head: str, dim: int, hidden: int, loss: str, margin: float | None, bits: int, method: str,
                  hash_options: Any, val_fraction: float, options: TrainOptions, lr_backbone: float,
                  freeze_bn: bool, amp: bool, device: str, workers: int, eval_batch_size: int, resume: bool,
                  force: bool, split_seed: int, init: Path | None = None, loss_options: Any = None,
@@ -302,7 +298,7 @@ def run_finetune(output: Path, *, objective: str, dataset: str, data_dir: str | 
     from deephash_cli.backbones import BACKBONES, build_backbone, resolve_device
     from deephash_cli.datasets import DATASETS, SPLIT_MODES, limit_per_class as limit, load_dataset, stratified_split
     from deephash_cli.hashing import TrainingData
-    from deephash_cli.extract import make_transform, parse_triple
+    from deephash_cli.extract import make_transform
 
     if backbone == "pixels":
         raise DeephashError("the pixels backbone has nothing to fine-tune; pick a CNN (e.g. --backbone mobilenet_v2)")
@@ -320,7 +316,7 @@ def run_finetune(output: Path, *, objective: str, dataset: str, data_dir: str | 
     # The loss is built once the classes are known (the margin loss has one β per class); checked here first.
     _objective(objective, loss=loss, margin=margin, bits=bits, method=method, hash_options=hash_options,
                loss_options=loss_options)
-    mean_rgb, std_rgb = parse_triple(mean, "--mean"), parse_triple(std, "--std")
+    mean_rgb, std_rgb = tuple(mean), tuple(std)
     init_model = None
     if init is not None:
         # The initial model fixes backbone and preprocessing, exactly as for extract --model.

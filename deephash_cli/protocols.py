@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Sequence
 
 import numpy as np
 
@@ -28,11 +29,11 @@ class QueryDatabase:
 
 
 def select(artifact: Artifact, *, protocol: str = "splits", query_split: str = "test",
-           database_split: str = "train,val", queries_per_class: int = 100, seed: int = 0) -> QueryDatabase:
+           database_split: Sequence[str] = ("train", "val"), queries_per_class: int = 100, seed: int = 0) -> QueryDatabase:
     """Pick queries and database from an artifact.
 
-    - ``splits``: every item of ``query_split`` against every item of the comma-separated
-      ``database_split`` list (default ``train,val``: ``val`` is used when present, so an
+    - ``splits``: every item of ``query_split`` against every item of the ``database_split``
+      splits (default ``train`` and ``val``: ``val`` is used when present, so an
       artifact whose validation split was carved from train is searched against the same
       database as its parent). A query split cannot also be a database split.
     - ``pooled``: the standard hashing protocol (e.g. DPSH/DTSH on CIFAR-10): ``queries_per_class``
@@ -55,7 +56,7 @@ def select(artifact: Artifact, *, protocol: str = "splits", query_split: str = "
                              f"every item of {query_split} ({len(q)}) against the other {len(q) - 1}",
                              exclude_self=True)
     if protocol == "splits":
-        names = [s.strip() for s in database_split.split(",") if s.strip()]
+        names = list(database_split)
         if query_split in names:
             raise DeephashError(f"split '{query_split}' is both the query and a database split; choose different "
                                 f"splits or --protocol pooled")

@@ -9,7 +9,7 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -37,13 +37,9 @@ class Database:
     sources: list[dict[str, Any]] = field(default_factory=list)
 
 
-def _split_names(text: str, available: list[str], path: Path) -> list[str]:
-    names = [s.strip() for s in text.split(",") if s.strip()]
+def _split_names(names: Sequence[str], available: list[str], path: Path) -> list[str]:
     if not names:
         raise DeephashError("--splits needs at least one split name (train, val, test)")
-    unknown = [s for s in names if s not in artifacts.SPLITS]
-    if unknown:
-        raise DeephashError(f"unknown split '{unknown[0]}'; valid: {', '.join(artifacts.SPLITS)}")
     # 'val' is used when present (a stage carved it from train), as evaluate's default database.
     chosen = [s for s in names if s in available or s != "val"]
     if not chosen:
@@ -55,8 +51,8 @@ def _split_names(text: str, available: list[str], path: Path) -> list[str]:
     return chosen
 
 
-def load_database(path: Path, splits: str | None, anchor: Path) -> Database:
-    """The items of ``splits`` (comma list; None: every split) of an artifact, with encoder and sources.
+def load_database(path: Path, splits: Sequence[str] | None, anchor: Path) -> Database:
+    """The items of ``splits`` (split names; None: every split) of an artifact, with encoder and sources.
 
     ``anchor``: the index file the references will be stored in (paths are recorded relative to it too).
     """
@@ -108,7 +104,7 @@ def _anchor_files(encoder: dict[str, Any], anchor: Path) -> None:
 # --------------------------------------------------------------------------- index
 
 
-def run_index(artifact_path: Path, output: Path, *, splits: str, index_type: str, metric: str | None,
+def run_index(artifact_path: Path, output: Path, *, splits: Sequence[str], index_type: str, metric: str | None,
               parameters: dict[str, Any], tie_order: str, seed: int, force: bool) -> dict[str, Any]:
     """Build a faiss index over the database splits of a codes/embeddings/features artifact.
 
@@ -156,7 +152,7 @@ def _write(output: Path, class_names: list[str], config: dict[str, Any], state: 
             writer.set_attr(key, value)
 
 
-def run_index_add(index_path: Path, new_path: Path, output: Path, *, splits: str | None,
+def run_index_add(index_path: Path, new_path: Path, output: Path, *, splits: Sequence[str] | None,
                   force: bool) -> dict[str, Any]:
     """Append the items of another artifact (made later, by the same encoder) to an index; written atomically.
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -21,7 +21,8 @@ from deephash_cli.ui import advance, progress_bar, stderr_console, warn
 
 
 def run_extract(output: Path, *, dataset: str, data_dir: str | None, backbone: str, weights: str,
-                image_size: int | None, mean: str, std: str, batch_size: int, device: str, workers: int,
+                image_size: int | None, mean: tuple[float, float, float],
+                std: tuple[float, float, float], batch_size: int, device: str, workers: int,
                 limit_per_class: int | None, test_fraction: float, seed: int, skip_corrupt: bool,
                 force: bool, model_path: Path | None = None, shard: Any = None, split: str = "official",
                 runtime: str = "eager", calibration_images: int = 256) -> Path:
@@ -41,7 +42,7 @@ def run_extract(output: Path, *, dataset: str, data_dir: str | None, backbone: s
     from deephash_cli import distributed, shards
     from deephash_cli.backbones import BACKBONES, build_backbone, resolve_device
     from deephash_cli.datasets import DATASETS, SPLIT_MODES, limit_per_class as limit, load_dataset
-    from deephash_cli.extract import ExtractStats, extract_chunks, make_transform, parse_triple
+    from deephash_cli.extract import ExtractStats, extract_chunks, make_transform
     from deephash_cli.items import names_by_index
     from deephash_cli.runtimes import RUNTIMES, build_runtime
     import torch
@@ -55,7 +56,7 @@ def run_extract(output: Path, *, dataset: str, data_dir: str | None, backbone: s
         finetuned, architecture = load_for_extract(model_path, backbone=backbone, weights=weights,
                                                    image_size=image_size, mean=mean, std=std)
         backbone, weights, image_size = architecture["backbone"], "none", architecture["image_size"]
-        mean, std = ",".join(map(str, architecture["mean"])), ",".join(map(str, architecture["std"]))
+        mean, std = tuple(map(float, architecture["mean"])), tuple(map(float, architecture["std"]))
         kind = "codes" if architecture.get("produces") == "codes" else "embeddings"
     spec = BACKBONES.get(backbone)
     DATASETS.get(dataset)
@@ -65,7 +66,6 @@ def run_extract(output: Path, *, dataset: str, data_dir: str | None, backbone: s
         raise DeephashError(f"--shard {shard} with --weights none: each shard would draw its own random "
                             f"{backbone} weights; save one state_dict and pass --weights PATH to every shard")
     artifacts.check_output(output, force)
-    mean_rgb, std_rgb = parse_triple(mean, "--mean"), parse_triple(std, "--std")
     torch_device = distributed.select_device(distributed.from_env(), resolve_device(device))
     data = load_dataset(dataset, data_dir, split=split, test_fraction=test_fraction, seed=seed)
     sources = {name: limit(source, limit_per_class) for name, source in data.sources().items()}
@@ -84,7 +84,7 @@ def run_extract(output: Path, *, dataset: str, data_dir: str | None, backbone: s
                 warn(f"shard {shard}: no {name} rows (its {totals[name]} rows make {batches} "
                      f"batch{'es' if batches > 1 else ''} of {batch_size} for {shard.count} shards)")
     model, spec = (finetuned, BACKBONES.get(backbone)) if finetuned is not None else build_backbone(backbone, weights)
-    transform = make_transform(image_size, mean_rgb, std_rgb)
+    transform = make_transform(image_size, mean, std)
     runtime_info: dict[str, Any] = {}
     if runtime != "eager":
         from deephash_cli.extract import image_batches
@@ -110,8 +110,8 @@ def run_extract(output: Path, *, dataset: str, data_dir: str | None, backbone: s
     data_root = str(Path(data_dir).resolve()) if data_dir is not None else None
     config = {"stage": "extract", "dataset": dataset, "data_dir": data_dir, "data_root": data_root,
               "backbone": backbone,
-              "layer": spec.layer, "dim": dim, **weights_info, "image_size": image_size, "mean": mean_rgb,
-              "std": std_rgb, "batch_size": batch_size, "device": str(torch_device),
+              "layer": spec.layer, "dim": dim, **weights_info, "image_size": image_size, "mean": mean,
+              "std": std, "batch_size": batch_size, "device": str(torch_device),
               "limit_per_class": limit_per_class, "split": split,
               **{f"split_{k}": v for k, v in data.split_info.items()}, **runtime_info, **shard_info}
     stats = {name: ExtractStats() for name in sources}
@@ -283,7 +283,7 @@ def run_split_classes(file: Path, output: Path, *, force: bool) -> dict[str, Any
 
 
 def run_evaluate(file: Path, *, map_at: list[int], precision_at: list[int], knn_k: int, distance: str | None,
-                 protocol: str, query_split: str, database_split: str, queries_per_class: int, seed: int,
+                 protocol: str, query_split: str, database_split: Sequence[str], queries_per_class: int, seed: int,
                  ties: str = "expected", record: bool = False, metrics: list[str] | None = None,
                  recall_at: list[int] | tuple[int, ...] = (), map_at_r: bool = False, nmi: bool = False
                  ) -> dict[str, Any]:
@@ -323,9 +323,9 @@ def run_evaluate(file: Path, *, map_at: list[int], precision_at: list[int], knn_
     if query_split not in artifact.splits and not query_gallery:
         raise DeephashError(f"{artifacts.display_name(file)}: --query-split {query_split}: no split '{query_split}' "
                             f"(splits present: {present})")
-    wanted = [name.strip() for name in database_split.split(",") if name.strip()]
-    if protocol == "splits" and wanted and not any(name in artifact.splits for name in wanted):
-        raise DeephashError(f"{artifacts.display_name(file)}: --database-split {database_split} names no split of "
+    if protocol == "splits" and not any(name in artifact.splits for name in database_split):
+        raise DeephashError(f"{artifacts.display_name(file)}: --database-split {','.join(database_split)} names no "
+                            f"split of "
                             f"it (splits present: {present})")
     chosen = select(artifact, protocol=protocol, query_split=query_split, database_split=database_split,
                     queries_per_class=queries_per_class, seed=seed)
@@ -370,7 +370,7 @@ def run_evaluate(file: Path, *, map_at: list[int], precision_at: list[int], knn_
         asked["nmi"] = {"kmeans_seed": seed, "n_init": 1}
     summary["setting"] = {"protocol": protocol, "distance": distance,
                           "query_split": "query" if query_gallery else query_split,
-                          "database_split": database_split if protocol == "splits" else
+                          "database_split": ",".join(database_split) if protocol == "splits" else
                           ("gallery" if query_gallery else None),
                           "queries_per_class": queries_per_class if protocol == "pooled" else None,
                           "seed": seed if protocol == "pooled" else None,

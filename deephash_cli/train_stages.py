@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -62,21 +62,6 @@ def prepare_splits(features_path: Path, val_fraction: float, seed: int) -> Prepa
             raise DeephashError(f"--val-fraction {val_fraction}: {err}") from None
         splits["train"], splits["val"] = train.subset(keep), train.subset(held)
     return PreparedData(artifact, splits)
-
-
-def parse_margins(text: str) -> list[float]:
-    """'0.05,0.1,0.2' -> [0.05, 0.1, 0.2]; empty lists and non-positive margins are errors."""
-    parts = [p.strip() for p in text.split(",") if p.strip()]
-    if not parts:
-        raise DeephashError("--margin needs at least one value, e.g. --margin 0.1,0.2")
-    try:
-        margins = [float(p) for p in parts]
-    except ValueError:
-        raise DeephashError(f"--margin expects comma-separated numbers, got '{text}'") from None
-    bad = [m for m in margins if not m > 0]
-    if bad:
-        raise DeephashError(f"--margin values must be positive, got {bad[0]}")
-    return margins
 
 
 def _progress_fit(label: str, model: torch.nn.Module, loss_fn: torch.nn.Module, train_x: torch.Tensor,
@@ -153,14 +138,17 @@ def input_signature(artifact: Artifact) -> dict[str, Any]:
 
 
 def run_train_triplet(features_path: Path, output: Path, *, save_model_path: Path | None, head: str, dim: int,
-                      hidden: int, loss: str, margins: str, val_fraction: float, options: TrainOptions,
+                      hidden: int, loss: str, margins: Sequence[float], val_fraction: float, options: TrainOptions,
                       device: torch.device, force: bool, loss_options: LossOptions | None = None) -> dict[str, Any]:
-    """Train one embedding head per margin, keep the best on validation mAP, write embeddings (+ model).
+    """Train one embedding head per margin (``margins``: at least one, each > 0), keep the best on validation mAP,
+    write embeddings (+ model).
 
     ``loss_options``: the margin loss's β settings and the N-pair loss's L2 penalty (default ``LossOptions()``).
     """
     loss_options = loss_options or LossOptions()
-    margin_list = parse_margins(margins)
+    margin_list: list[float | None] = list(margins)
+    if not margin_list or not all(m > 0 for m in margin_list):
+        raise DeephashError(f"--margin: expected at least one margin, each > 0, got {margin_list}")
     embedding_objective(loss, margin_list[0], 2, loss_options)  # names the valid losses, checks their options
     if dim <= 0:
         raise DeephashError(f"--dim must be positive, got {dim}")

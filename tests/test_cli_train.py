@@ -125,16 +125,16 @@ def test_codes_given_as_features(runner, tmp_path, command):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--margin", ""], "--margin needs at least one value"),
-    (["--margin", "0.2,-1"], "--margin values must be positive, got -1.0"),
-    (["--margin", "0"], "--margin values must be positive, got 0.0"),
+    (["--margin", ""], "--margin '': an empty item; expected comma-separated values, each a number > 0"),
+    (["--margin", "0.2,-1"], "--margin '0.2,-1': '-1' is not a number > 0"),
+    (["--margin", "0"], "--margin '0': '0' is not a number > 0"),
     (["--dim", "0"], "--dim must be positive, got 0"),
     (["--val-fraction", "0.01"], "leaves one side of the split without any item"),
     (["--loss", "dtsh"], "is a hashing loss"),
     (["--loss", "arcface"], "unknown loss 'arcface'; valid names: hoffer, facenet, contrastive"),
     (["--miner", "easy"], "unknown miner 'easy'; valid names: all, hardest, semihard"),
-    (["--lr-milestones", "5,3"], "--lr-milestones must be increasing positive epochs, got 5,3"),
-    (["--lr-milestones", "x"], "--lr-milestones expects comma-separated epochs (e.g. 6,9), got 'x'"),
+    (["--lr-milestones", "5,3"], "--lr-milestones '5,3': 3 comes after 5; expected increasing values"),
+    (["--lr-milestones", "x"], "--lr-milestones 'x': 'x' is not an epoch ≥ 1"),
     (["--lr-gamma", "0"], "--lr-gamma must lie in (0, 1], got 0.0"),
 ])
 def test_train_triplet_bad_options(runner, tmp_path, features_file, args, message):

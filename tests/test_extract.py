@@ -151,7 +151,7 @@ def test_imagefolder_without_test_folder_makes_a_stratified_split(runner, tmp_pa
 @pytest.mark.parametrize("args, message", [
     (["--backbone", "alexnet"], "unknown backbone 'alexnet'; valid names: vgg16, vgg19, resnet18"),
     (["--dataset", "mnist"], "unknown dataset 'mnist'; valid names: digits, cifar10, imagefolder"),
-    (["--mean", "0.5,0.5"], "--mean expects three comma-separated numbers"),
+    (["--mean", "0.5,0.5"], "--mean '0.5,0.5': 2 values; expected 1 or 3 comma-separated values (R,G,B)"),
 ])
 def test_unknown_names_list_the_valid_ones(runner, tmp_path, args, message):
     result = invoke(runner, "extract", *args, "-o", tmp_path / "o.h5")
