@@ -989,7 +989,8 @@ def index(
             stderr = f"added {summary['added']} items: {summary['items']} in the index (ties {summary['ties']})"
         else:
             out = output or _default_output(f"{io.stem(artifact)}.index-{index_type.replace(':', '-')}.h5")
-            summary = run_index(source, out, splits=split_names or ["train", "val"], index_type=index_type, metric=metric,
+            summary = run_index(source, out, splits=split_names or ["train", "val"], index_type=index_type,
+                                metric=metric,
                                 parameters=dict(nlist=nlist, hnsw_m=hnsw_m, nhash=nhash, hash_bits=hash_bits,
                                                 pq_m=pq_m), tie_order=tie_order, seed=seed, force=force)
             stderr = (f"indexed {summary['items']} items ({summary['type']}, {summary['bytes']:,} bytes, ties "

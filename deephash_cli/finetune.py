@@ -92,7 +92,8 @@ def load_for_extract(path: Path, *, backbone: str, weights: str, image_size: int
         conflicts.append(f"--image-size {image_size} (the model's is {architecture['image_size']})")
     for option, value, default, key in (("--mean", mean, IMAGENET_MEAN, "mean"), ("--std", std, IMAGENET_STD, "std")):
         if not np.allclose(value, default) and not np.allclose(value, architecture[key]):
-            conflicts.append(f"{option} {','.join(map(str, value))} (the model's is {','.join(map(str, architecture[key]))})")
+            conflicts.append(f"{option} {','.join(map(str, value))} (the model's is "
+                             f"{','.join(map(str, architecture[key]))})")
     if conflicts:
         raise DeephashError(f"{path} fixes the backbone and preprocessing; drop {'; '.join(conflicts)}")
     return model, architecture
@@ -277,7 +278,8 @@ def _objective(family: str, *, loss: str, margin: float | None, bits: int, metho
 
 def run_finetune(output: Path, *, objective: str, dataset: str, data_dir: str | None, backbone: str, weights: str,
                  image_size: int | None, mean: Sequence[float], std: Sequence[float], limit_per_class: int | None,
-                 test_fraction: float, head: str, dim: int, hidden: int, loss: str, margin: float | None, bits: int, method: str,
+                 test_fraction: float, head: str, dim: int, hidden: int, loss: str, margin: float | None, bits: int,
+                 method: str,
                  hash_options: Any, val_fraction: float, options: TrainOptions, lr_backbone: float,
                  freeze_bn: bool, amp: bool, device: str, workers: int, eval_batch_size: int, resume: bool,
                  force: bool, split_seed: int, init: Path | None = None, loss_options: Any = None,

@@ -29,7 +29,8 @@ class QueryDatabase:
 
 
 def select(artifact: Artifact, *, protocol: str = "splits", query_split: str = "test",
-           database_split: Sequence[str] = ("train", "val"), queries_per_class: int = 100, seed: int = 0) -> QueryDatabase:
+           database_split: Sequence[str] = ("train", "val"), queries_per_class: int = 100,
+           seed: int = 0) -> QueryDatabase:
     """Pick queries and database from an artifact.
 
     - ``splits``: every item of ``query_split`` against every item of the ``database_split``
