@@ -98,7 +98,7 @@ class FloatRankScratch:
     def __init__(self, rows: int, n: int, r_max: int, k: int, n_sums: int, G: int):
         self.dist = np.empty((rows, n), dtype=np.float32)
         self.row = np.empty(n, dtype=np.float32)  # one row's distances
-        self.keys = np.empty(n, dtype=np.int32)  # 2·q + equal of every item (-1: resolve exactly)
+        self.keys = np.empty(n, dtype=np.int32)  # every item's bucket
         self.count = np.zeros(G + 1, dtype=np.int32)  # relevant distances per bucket (zero between rows)
         self.table = np.empty(G, dtype=np.int32)  # first relevant index of each bucket (-1 - it: 3 or more)
         self.rel = np.empty(r_max, dtype=np.float32)  # relevant distances in member order
@@ -205,30 +205,47 @@ def _build() -> SimpleNamespace:
         return a
 
     @jit
-    def keys_range(Draw, col_scale, ra, euclidean, prescale, lo, scale, top, table, A, row, keys):
-        """Step 3a, branch-free so that it vectorizes: every item's distance (into ``row``) and
-        key 2·q + equal, from the table and the first two relevant distances of its bucket
-        (-1 for buckets with 3 or more, resolved in step 3b)."""
+    def buckets_range(Draw, col_scale, ra, euclidean, prescale, lo, scale, top, row, bkt):
+        """Step 3a: every item's distance (into ``row``) and bucket (into ``bkt``).  One loop per
+        distance formula without branches inside, so that it vectorizes (its results are those
+        of :func:`finish` and :func:`bucket_of`)."""
+        z = np.float32(0.0)
+        if euclidean and prescale:
+            for j in range(Draw.size):
+                d = Draw[j] + col_scale[j]
+                d = d + ra
+                row[j] = d if d >= z else z
+        elif euclidean:
+            for j in range(Draw.size):
+                d = Draw[j] * np.float32(-2.0) + col_scale[j]
+                d = d + ra
+                row[j] = d if d >= z else z
+        else:
+            for j in range(Draw.size):
+                d = Draw[j] * col_scale[j]
+                row[j] = d * ra + z
         for j in range(Draw.size):
-            d = finish(Draw[j], col_scale[j], ra, euclidean, prescale)
-            row[j] = d
-            s = table[bucket_of(d, lo, scale, top)]
-            s0 = s if s >= 0 else 0
-            a1 = A[s0]
-            a2 = A[s0 + 1]
-            key = 2 * (s0 + np.int32(d >= a1) + np.int32(d >= a2)) + (np.int32(d == a1) | np.int32(d == a2))
-            keys[j] = key if s >= 0 else -1
+            x = (row[j] - lo) * scale
+            x = x if x > z else z
+            x = x if x < top else top
+            bkt[j] = np.int32(x)
 
     @jit
-    def count_range(row, keys, j0, j1, lo, scale, top, table, A, R, hist, top_k, k, cand_col, cand_d, nc):
-        """Step 3b over columns j0:j1: the histogram of the keys and the k-NN candidates;
-        returns the new candidate count."""
+    def count_range(row, bkt, j0, j1, table, A, R, hist, top_k, k, cand_col, cand_d, nc):
+        """Step 3b over columns j0:j1: q = relevant distances <= d from the table and the first
+        two relevant distances of the item's bucket (a binary search for buckets holding 3 or
+        more), the histogram of (q, equal), and the k-NN candidates; returns the new candidate
+        count."""
         thr = top_k[k - 1]
         for j in range(j0, j1):
-            key = keys[j]
             d = row[j]
-            if key < 0:  # a bucket with 3 or more relevant distances: binary search
-                q = upper(A, -1 - table[bucket_of(d, lo, scale, top)], R, d)
+            s = table[bkt[j]]
+            if s >= 0:
+                a1 = A[s]
+                a2 = A[s + 1]
+                key = 2 * (s + np.int64(d >= a1) + np.int64(d >= a2)) + (np.int64(d == a1) | np.int64(d == a2))
+            else:
+                q = upper(A, -1 - s, R, d)
                 key = 2 * q + (1 if (q > 0 and A[q - 1] == d) else 0)
             hist[key] += 1
             if d <= thr:  # k-NN candidate; keep the k smallest distances seen
@@ -339,11 +356,9 @@ def _build() -> SimpleNamespace:
                 for u in range(G):  # clean state for the next row (dense: cheaper than per bucket)
                     count[u] = 0
                 # 3. one counting pass over the row: q = relevant distances <= d, tie flag, k-NN
-                keys_range(Draw, col_scale, ra, euclidean, prescale, lo, scale, top, table, A, row, keys)
-                nc = count_range(row, keys, 0, j_own, lo, scale, top, table, A, R, hist, top_k, k, cand_col, cand_d,
-                                 nc)
-                nc = count_range(row, keys, j_own + 1, n, lo, scale, top, table, A, R, hist, top_k, k, cand_col,
-                                 cand_d, nc)
+                buckets_range(Draw, col_scale, ra, euclidean, prescale, lo, scale, top, row, keys)
+                nc = count_range(row, keys, 0, j_own, table, A, R, hist, top_k, k, cand_col, cand_d, nc)
+                nc = count_range(row, keys, j_own + 1, n, table, A, R, hist, top_k, k, cand_col, cand_d, nc)
                 # 4. AP sums over the relevant items' tie groups.  Every item, relevant or not, was
                 # counted at q = relevant distances <= it; a group of equal relevant distances
                 # A[a:e] is preceded by the items with q <= a and holds those counted at (e, equal).
@@ -386,5 +401,5 @@ def _build() -> SimpleNamespace:
                     nc_out += 1
         return m, ng, nc_out
 
-    return SimpleNamespace(**{f.__name__: f for f in (finish, bucket_of, sort_run, upper, keys_range, count_range,
+    return SimpleNamespace(**{f.__name__: f for f in (finish, bucket_of, sort_run, upper, buckets_range, count_range,
                                                       knn_range, rank_rows)})
