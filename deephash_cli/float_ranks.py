@@ -1,39 +1,37 @@
 r"""Compiled rank work of the float evaluation path (optional: needs numba, the ``fast`` extra).
 
 :func:`deephash_cli.metrics.evaluate_retrieval` computes a chunk of float distances with one
-matmul.  Everything after the matmul is per query row and is done here in one compiled loop
-per row instead of about twenty numpy passes; the results are the same numbers (the tie-aware
+matmul.  Everything after the matmul is per query row and is done here in compiled loops
+instead of about twenty numpy passes; the results are the same numbers (the tie-aware
 definitions are in :mod:`deephash_cli.metrics`).
 
 Per row (n database items, R relevant ones, G value buckets):
 
-1. Finish the matmul output into the float32 distance, exactly as the numpy path does
-   (euclidean: ``((-2 q·d) + ‖d‖²) + ‖q‖²`` then ``max(·, 0)``; cosine:
-   ``((q·d) · 1/‖d‖) · (−1/‖q‖) + 0``), and take the row minimum and maximum and the minima
-   of k column blocks of width n // k (their largest value bounds the k-th smallest distance).
-2. Bucket every distance linearly between the row's minimum and maximum,
-   ``min(trunc((d − lo) · (G − 1) / (hi − lo)), G − 1)`` in float64: non-decreasing in d, so
-   an item in a lower bucket is strictly closer.  The relevant distances are counting-sorted
-   by bucket (a table over the G buckets: where each bucket's relevant distances start in the
-   sorted array A), then sorted exactly inside each bucket (insertion sort; np.sort for long
-   runs).
-3. One pass over all items: q = number of relevant distances <= the item, from the table
-   (relevant distances of lower buckets) and comparisons with the relevant distances of its
-   own bucket only (a binary search when a bucket holds many); a histogram over
-   (q, whether the item equals A[q−1]) gives, for every relevant distance, how many items
-   rank before it and how many irrelevant items tie with it.  The relevant items themselves
-   are counted too and removed afterwards (each equal run of A at its known q).  Items within
-   the k-NN bound are collected as candidates.
-4. Walk the sorted relevant distances: a relevant item alone in its tie group adds
-   ``(j + 1) / (N + 1)`` (N items before it, j relevant ones) to the AP sums, AP@K and P@K;
-   true tie groups are returned as (row, N, m, Rb, r) for the caller's closed forms.  The
-   k-th smallest distance is the k-th of the sorted candidates; candidates up to it are
-   returned for the caller's tie-aware vote.
+1. Finish the relevant items' matmul outputs into float32 distances exactly as the numpy path
+   does (euclidean: ``((-2 q·d) + ‖d‖²) + ‖q‖²`` then ``max(·, 0)``; cosine:
+   ``((q·d) · 1/‖d‖) · (−1/‖q‖) + 0``; no fused multiply-add: numba does not contract without
+   fastmath) and take their range [lo, hi].
+2. Sort the relevant distances into A by a counting sort over G buckets of [lo, hi] (exact
+   order inside a bucket by insertion sort, np.sort for long runs); its running count is the
+   table: for bucket u, the index in A of the first relevant distance at or above u (stored as
+   -1 - it when the bucket holds 3 or more).  The bucket ``min(max(trunc((d − lo) · (G − 2) / (hi − lo)), 0), G − 1)`` is non-decreasing in d,
+   so an item in a lower bucket is strictly closer; distances outside [lo, hi] clamp to the end
+   buckets, which is still exact.
+3. a. One vectorized loop finishes every distance of the row and computes its bucket.
+   b. One scalar loop: q = number of relevant distances <= d is the table entry s plus
+   ``d >= A[s]`` plus ``d >= A[s+1]`` (a binary search for the rare crowded buckets); a
+   histogram over (q, whether d equals one of them) counts every item; the k-NN candidates are
+   the items at or below the k-th smallest distance seen so far (a running top k).
+4. Walk the sorted relevant distances: a group of equal relevant distances A[a:e] is preceded
+   by the items counted at q <= a and holds the items counted at (e, equal).  A relevant item
+   alone in its group adds ``(a + 1) / (N + 1)`` to the AP sums, AP@K and P@K; true tie groups
+   are returned as (row, N, m, Rb, r) for the caller's closed forms
+   (:func:`deephash_cli.metrics._tie_group_terms`).  The k-th smallest distance is the last of
+   the running top k; candidates up to it are returned for the caller's tie-aware vote.
 
-Cost per distance: one finishing pass and one counting pass over the row (it stays in L2), plus
-O(G + R) per row for the table.  Outputs go to buffers the caller allocates (so tracemalloc
-sees them); the kernel stops before a row whose worst case would not fit and the caller
-drains the buffers and continues from that row.
+Outputs go to buffers the caller allocates (so tracemalloc sees them); the kernel stops before
+a row whose worst case would not fit and the caller drains the buffers and continues from that
+row.  The functions are compiled with ``cache=True`` (one signature each).
 
 :func:`kernel` selects the implementation; ``DEEPHASH_KERNELS=numpy`` forces the numpy path.
 """
@@ -51,11 +49,12 @@ __all__ = ["kernel", "KERNELS_ENV", "FloatRankScratch", "rank_chunk"]
 
 # Environment variable choosing the float rank implementation: "numba", "numpy" or unset (auto).
 KERNELS_ENV = "DEEPHASH_KERNELS"
-# Value buckets per row: a power of two near the database size keeps about one relevant
-# distance per occupied bucket while the O(G) table work stays below the O(n) pass.
+# Fine buckets per row: a power of two near the database size; with R relevant distances
+# spread over them few buckets hold 3 or more (those need a binary search), and the O(G)
+# table fill stays below the O(n) pass.
 MAX_BUCKETS = 1 << 16
-# Relevant distances of one bucket compared one by one before a binary search; runs longer
-# than this are sorted with np.sort instead of an insertion sort.
+# Runs of relevant distances sharing a bucket longer than this are sorted with np.sort instead
+# of an insertion sort.
 SCAN = 16
 
 _compiled = None  # the numba kernel once compiled (or False when numba is missing)
