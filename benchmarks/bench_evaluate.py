@@ -10,8 +10,11 @@ Hamming part: random 64-bit codes, 10,000 queries x 50,000 database items, 10 cl
     ("stable") mAP is shown for comparison with the tie-aware value.
 Float part: 10,000 x 50,000 x 128-d euclidean features (normal), 10 classes, in one run:
   * the bare matrix product (query @ database.T, float32, best of --float-repeat),
-  * the full evaluate_retrieval call (mAP@all, mAP@1000, precision@100, 10-NN; best of
-    --float-repeat) and its ratio to the bare matrix product,
+  * the full evaluate_retrieval call (mAP@all, mAP@1000, precision@100, 10-NN) with the numba
+    kernel (DEEPHASH_KERNELS=numba; its first call, which compiles or loads the cached code, is
+    timed separately on 2 queries, then best of --float-repeat) and with the numpy path
+    (DEEPHASH_KERNELS=numpy; best of --float-repeat), each with its ratio to the bare matrix
+    product, and the max |difference| of every result field between the two,
   * two lower bounds in evaluate_retrieval's own pipeline (``distance_floor``): the chunked
     matmul with the finishing into distances and one read of them, and the same plus the
     least per-pair work of a bucket-table rank count (bucket, one table gather, one histogram),
@@ -22,12 +25,13 @@ Float part: 10,000 x 50,000 x 128-d euclidean features (normal), 10 classes, in 
   * peak extra memory of our call (tracemalloc; inputs excluded).
 
 Usage: python benchmarks/bench_evaluate.py [--queries 10000] [--database 50000] [--subset 500]
-       [--skip-hamming] [--skip-float] [--skip-legacy] [--skip-pml]
+       [--skip-hamming] [--skip-float] [--skip-legacy] [--skip-pml] [--skip-numba]
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import platform
 import resource
@@ -39,7 +43,8 @@ import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from deephash_cli import metrics  # noqa: E402
+from deephash_cli import float_ranks, metrics  # noqa: E402
+from deephash_cli.errors import DeephashError  # noqa: E402
 from deephash_cli.codes import hamming_distances  # noqa: E402
 from deephash_cli.metrics import (  # noqa: E402
     _KNN_BLOCK_PAIRS,
@@ -426,6 +431,20 @@ def reference_argsort(q_codes, q_lab, db_codes, db_lab):
     return {k: float(np.mean(v)) for k, v in out.items()}
 
 
+@contextlib.contextmanager
+def kernels(name: str):
+    """Run evaluate_retrieval's float path with DEEPHASH_KERNELS=name, restoring the setting after."""
+    before = os.environ.get(float_ranks.KERNELS_ENV)
+    os.environ[float_ranks.KERNELS_ENV] = name
+    try:
+        yield
+    finally:
+        if before is None:
+            del os.environ[float_ranks.KERNELS_ENV]
+        else:
+            os.environ[float_ranks.KERNELS_ENV] = before
+
+
 def timed(fn, repeat=1):
     best, value = float("inf"), None
     for _ in range(repeat):
@@ -450,6 +469,7 @@ def main() -> None:
     ap.add_argument("--skip-float", action="store_true")
     ap.add_argument("--skip-legacy", action="store_true", help="do not run the previous float implementation")
     ap.add_argument("--skip-pml", action="store_true")
+    ap.add_argument("--skip-numba", action="store_true", help="do not time the numba kernel")
     args = ap.parse_args()
 
     rng = np.random.default_rng(0)
@@ -531,7 +551,19 @@ def float_section(args) -> None:
         del out
 
     t_gemm, _ = timed(matmul, rep)
-    t_eval, res = timed(lambda: evaluate_retrieval(fq, ql, fdb, dl, **kw), rep)
+    # Compiled path (numba, if installed): the first call includes compiling or loading the
+    # cached machine code; steady state is the best of the next `rep` calls.
+    compiled = None
+    if not args.skip_numba:
+        with kernels("numba"):
+            try:
+                t_first, _ = timed(lambda: evaluate_retrieval(fq[:2], ql[:2], fdb, dl, **kw))
+                t_fast, res_fast = timed(lambda: evaluate_retrieval(fq, ql, fdb, dl, **kw), rep)
+                compiled = (t_first, t_fast, res_fast.to_dict())
+            except DeephashError as exc:
+                print(f"numba path skipped: {exc}")
+    with kernels("numpy"):
+        t_eval, res = timed(lambda: evaluate_retrieval(fq, ql, fdb, dl, **kw), rep)
     t_floor, _ = timed(lambda: distance_floor(fq, fdb, False), rep)
     t_lookup, _ = timed(lambda: distance_floor(fq, fdb, True), rep)
     ours = res.to_dict()
@@ -546,10 +578,13 @@ def float_section(args) -> None:
         diffs = field_differences(ours, legacy)
 
     input_mb = (fq.nbytes + fdb.nbytes) / 2**20
-    tracemalloc.start()
-    evaluate_retrieval(fq, ql, fdb, dl, **kw)
-    _, peak = tracemalloc.get_traced_memory()
-    tracemalloc.stop()
+    peaks = {}
+    for name in ("numba", "numpy") if compiled else ("numpy",):
+        with kernels(name):
+            tracemalloc.start()
+            evaluate_retrieval(fq, ql, fdb, dl, **kw)
+            _, peaks[name] = tracemalloc.get_traced_memory()
+            tracemalloc.stop()
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
     print()
@@ -557,9 +592,15 @@ def float_section(args) -> None:
     print("|---|---:|---|")
     print(f"| bare matmul `query @ database.T` (float32) | {t_gemm:.2f} | best of {rep}; allocates the "
           f"{args.queries * args.database * 4 / 2**30:.1f} GiB result |")
-    print(f"| evaluate_retrieval, euclidean (ours) | {t_eval:.2f} | best of {rep}; "
+    if compiled:
+        t_first, t_fast, _ = compiled
+        print(f"| evaluate_retrieval, euclidean, numba kernel (ours) | {t_fast:.2f} | best of {rep} after a first "
+              f"call; {metrics._workers(2)} worker threads |")
+        print(f"| ratio numba evaluate / bare matmul | {t_fast / t_gemm:.2f}x | |")
+        print(f"| first numba call (2 queries): compile or load cached code | {t_first:.2f} | one run |")
+    print(f"| evaluate_retrieval, euclidean, numpy path (DEEPHASH_KERNELS=numpy) | {t_eval:.2f} | best of {rep}; "
           f"{metrics._workers(2)} worker threads |")
-    print(f"| ratio evaluate / bare matmul | {t_eval / t_gemm:.2f}x | |")
+    print(f"| ratio numpy evaluate / bare matmul | {t_eval / t_gemm:.2f}x | |")
     print(f"| floor: evaluate's chunked matmul + finishing + row min/max, no rank work | {t_floor:.2f} | "
           f"best of {rep}; same chunks, workers and BLAS threads; {t_floor / t_gemm:.2f}x the bare matmul |")
     print(f"| floor + bucket index, one table gather, one histogram per pair | {t_lookup:.2f} | "
@@ -573,7 +614,15 @@ def float_section(args) -> None:
     if t_legacy is not None:
         print(f"| previous float implementation (sort-based) | {t_legacy:.2f} | one run; copy in this script |")
     print()
-    print(f"ours: {ours}")
+    print(f"ours (numpy path): {ours}")
+    if compiled:
+        print(f"ours (numba kernel): {compiled[2]}")
+        fast_diffs = field_differences(compiled[2], ours)
+        print()
+        print("max |numba kernel - numpy path| per field:")
+        for key, value in fast_diffs.items():
+            print(f"  {key}: {value:.3g}")
+        print(f"  max over all fields: {max(fast_diffs.values()):.3g}")
     if pml is not None:
         print(f"pytorch-metric-learning (k={args.pml_k}): {pml}  "
               f"(its mean_average_precision is AP over the top k divided by R, all relevant items; "
@@ -585,9 +634,11 @@ def float_section(args) -> None:
             print(f"  {key}: {value:.3g}")
         print(f"  max over all fields: {max(diffs.values()):.3g}")
     print()
-    print(f"memory: peak traced extra memory of our call {peak / 2**20:.0f} MB (tracemalloc, inputs of "
-          f"{input_mb:.0f} MB excluded); process max RSS {rss:.0f} MB (whole script, includes the bare matmul's "
-          f"result)")
+    print("memory: peak traced extra memory of our call " + ", ".join(f"{name} {peak / 2**20:.0f} MB" for name, peak
+                                                                       in peaks.items())
+          + f" (tracemalloc, inputs of {input_mb:.0f} MB excluded; the numba kernel allocates nothing itself); "
+          f"process max RSS {rss:.0f} MB (whole script, includes the bare matmul's result)")
+    print(f"load average {os.getloadavg()[0]:.2f} at the end")
 
 
 if __name__ == "__main__":

@@ -116,6 +116,7 @@ from typing import Iterable
 
 import numpy as np
 
+from deephash_cli import float_ranks
 from deephash_cli.codes import as_words, distance_dtype, hamming_words, n_bytes
 from deephash_cli.errors import DeephashError
 
@@ -1116,9 +1117,22 @@ def _float_pass(qf, q_lab, q_order, dbf, db_lab, distance, k, chunk, exclude_sel
     workers = _workers(len(starts))
     # One set of buffers per worker: a chunk's results never point into them, so a worker
     # takes a free set for the chunk it computes and returns it when done.
+    compiled = float_ranks.kernel()  # None: the numpy implementation below
+    if compiled is not None:
+        G = float_ranks.buckets_for(n)
+        member_ptr = np.zeros(len(members_of) + 1, dtype=np.int64)
+        member_ptr[1:] = np.cumsum([v.size for v in members_of.values()])
+        members_flat = np.concatenate(list(members_of.values())).astype(np.int64)
+        class_of = {label: c for c, label in enumerate(members_of)}
+        row_class = np.array([class_of.get(int(x), -1) for x in q_lab_sorted.tolist()], dtype=np.int64)
+        r_max = int(np.diff(member_ptr).max())
+        col_scale = db_sq if distance == "euclidean" else db_inv
     scratch = queue.SimpleQueue()
     for _ in range(min(workers, len(starts))):
-        scratch.put(_FloatScratch(min(chunk, n_q), n))
+        if compiled is None:
+            scratch.put(_FloatScratch(min(chunk, n_q), n))
+        else:
+            scratch.put(float_ranks.FloatRankScratch(min(chunk, n_q), n, r_max, k, 1 + len(map_ks) + len(prec_ks), G))
     w_blocks = n // k  # k-NN: the k row blocks' minima bound the k-th smallest distance
     big = float(np.finfo(np.float32).max)
 
@@ -1142,6 +1156,16 @@ def _float_pass(qf, q_lab, q_order, dbf, db_lab, distance, k, chunk, exclude_sel
             q_norm = np.sqrt(np.einsum("ij,ij->i", qc, qc, dtype=np.float64))
             q_inv = np.where(q_norm > 0, 1.0 / np.where(q_norm > 0, q_norm, 1.0), 0.0).astype(np.float32)
         self_cols = q_order[c0:c1] if exclude_self else None
+        if compiled is not None:
+            row_add = q_sq if distance == "euclidean" else -q_inv
+            own = self_cols if exclude_self else np.full(m, -1, dtype=np.int64)
+            raw, groups, rows, cols, d, kth = float_ranks.rank_chunk(
+                compiled, dist, distance == "euclidean", prescale, col_scale, row_add, row_class[c0:c1], member_ptr,
+                members_flat, own, k, map_ks, prec_ks, n_eff, S, G)
+            sums = _PerQuery(ap=raw[:, 0], ap_opt=raw[:, 0].copy(), ap_pess=raw[:, 0].copy())
+            sums.ap_at.update({K: raw[:, 1 + c] for c, K in enumerate(map_ks)})
+            sums.prec_at.update({K: raw[:, 1 + len(map_ks) + c] for c, K in enumerate(prec_ks)})
+            return finish(c0, c1, sums, [groups] if groups[0].size else [], rows, cols, d, kth)
         sums = _PerQuery(ap=np.zeros(m), ap_opt=np.zeros(m), ap_pess=np.zeros(m))
         sums.ap_at.update({K: np.zeros(m) for K in map_ks})
         sums.prec_at.update({K: np.zeros(m) for K in prec_ks})
@@ -1215,15 +1239,6 @@ def _float_pass(qf, q_lab, q_order, dbf, db_lab, distance, k, chunk, exclude_sel
                 for K in prec_ks:
                     sums.prec_at[K][done] = part.prec_at[K]
                 ranks, ranks_start = [], r1
-        if tie_parts:  # the exact terms of all true tie groups of the chunk at once
-            grow, N, size, Rb, r = (np.concatenate(part) for part in zip(*tie_parts))
-            ties = _tie_group_terms(N, size, Rb, r, map_ks, prec_ks, n_eff)
-            add = lambda total, w: total.__iadd__(np.bincount(grow, weights=w, minlength=m))  # noqa: E731
-            add(sums.ap, ties.ap), add(sums.ap_opt, ties.ap_opt), add(sums.ap_pess, ties.ap_pess)
-            for K in map_ks:
-                add(sums.ap_at[K], ties.ap_at[K])
-            for K in prec_ks:
-                add(sums.prec_at[K], ties.prec_at[K])
         rows = np.concatenate(cand_rows)
         cols = np.concatenate(cand_cols)
         d = np.concatenate(cand_d)
@@ -1233,6 +1248,20 @@ def _float_pass(qf, q_lab, q_order, dbf, db_lab, distance, k, chunk, exclude_sel
         # Exact k-th distance of every row from its candidates (at least k per row).
         order = np.lexsort((d, rows))
         kth = d[order][np.searchsorted(rows[order], np.arange(m)) + k - 1]
+        return finish(c0, c1, sums, tie_parts, rows, cols, d, kth)
+
+    def finish(c0, c1, sums, tie_parts, rows, cols, d, kth):
+        """Add the true tie groups' terms to the singleton sums, divide, vote."""
+        m = c1 - c0
+        if tie_parts:  # the exact terms of all true tie groups of the chunk at once
+            grow, N, size, Rb, r = (np.concatenate(part) for part in zip(*tie_parts))
+            ties = _tie_group_terms(N, size, Rb, r, map_ks, prec_ks, n_eff)
+            add = lambda total, w: total.__iadd__(np.bincount(grow, weights=w, minlength=m))  # noqa: E731
+            add(sums.ap, ties.ap), add(sums.ap_opt, ties.ap_opt), add(sums.ap_pess, ties.ap_pess)
+            for K in map_ks:
+                add(sums.ap_at[K], ties.ap_at[K])
+            for K in prec_ks:
+                add(sums.prec_at[K], ties.prec_at[K])
         pred = _knn_vote(rows, db_codes[cols], d, kth, k, classes)
         R = R_sorted[c0:c1].astype(np.float64)
         has = R > 0

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Create .venv and install deephash into it. Usage: bash scripts/setup.sh [test|bench]
-#   (no argument) runtime dependencies; "test" adds pytest, hypothesis, pytorch-metric-learning and the onnx extra; "bench" adds
+#   (no argument) runtime dependencies; "test" adds pytest, hypothesis, pytorch-metric-learning, numba (the fast extra) and the onnx extra; "bench" adds
 #   pytorch-metric-learning for benchmarks/bench_mining.py.
 # torch/torchvision are pinned to the release this project is measured with where the platform's
 # package index serves it (torch 2.14.1 / torchvision 0.29.1 on Python 3.11 x86_64); elsewhere pip

@@ -684,9 +684,10 @@ def test_property_float_path_equals_closed_form(
 
 @pytest.mark.parametrize("distance", ["euclidean", "cosine"])
 @pytest.mark.parametrize("exclude_self", [False, True])
-def test_float_results_do_not_depend_on_bucket_count_or_block_size(distance, exclude_self):
+def test_float_results_do_not_depend_on_bucket_count_or_block_size(monkeypatch, distance, exclude_self):
     # The buckets only decide which items are compared exactly: results are the same with
     # 4 buckets (everything collides), one comparison before the binary search, 1-row blocks.
+    monkeypatch.setenv("DEEPHASH_KERNELS", "numpy")  # these constants are the numpy path's
     rng = np.random.default_rng(7)
     db = np.concatenate([rng.normal(size=(900, 6)), np.repeat(rng.normal(size=(30, 6)), 10, axis=0)]).astype(np.float32)
     dl = rng.integers(0, 3, db.shape[0])
@@ -879,6 +880,7 @@ def test_property_sort_relevant_is_an_exact_sort(rows, R, n_buckets, values, sca
 def test_label_runs_spanning_blocks_and_chunks_match_closed_form(monkeypatch, distance, chunk, block_rows, sum_rows):
     # 60 queries of 3 labels (one absent from the database): label runs of ~20 rows cover
     # several blocks, whose ranks are summed a few blocks at a time, and cross chunk boundaries.
+    monkeypatch.setenv("DEEPHASH_KERNELS", "numpy")  # block and sum rows are the numpy path's
     monkeypatch.setattr(metrics_mod, "_FLOAT_BLOCK_ROWS", block_rows)
     monkeypatch.setattr(metrics_mod, "_FLOAT_SUM_ROWS", sum_rows)
     rng = np.random.default_rng(31)
@@ -895,6 +897,7 @@ def test_label_runs_spanning_blocks_and_chunks_match_closed_form(monkeypatch, di
 
 @pytest.mark.parametrize("exclude_self", [False, True])
 def test_float_path_without_torch_gives_the_same_results(monkeypatch, exclude_self):
+    monkeypatch.setenv("DEEPHASH_KERNELS", "numpy")  # torch is used by the numpy path only
     rng = np.random.default_rng(41)
     db = np.concatenate([rng.normal(size=(500, 5)), np.repeat(rng.normal(size=(20, 5)), 6, axis=0)])
     db = db.astype(np.float32)
