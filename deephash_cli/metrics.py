@@ -1117,7 +1117,7 @@ def _float_pass(qf, q_lab, q_order, dbf, db_lab, distance, k, chunk, exclude_sel
     workers = _workers(len(starts))
     # One set of buffers per worker: a chunk's results never point into them, so a worker
     # takes a free set for the chunk it computes and returns it when done.
-    compiled = float_ranks.kernel()  # None: the numpy implementation below
+    compiled = float_ranks.kernel(n_q * n)  # None: the numpy implementation below
     if compiled is not None:
         G = float_ranks.buckets_for(n)
         member_ptr = np.zeros(len(members_of) + 1, dtype=np.int64)

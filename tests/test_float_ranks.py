@@ -45,8 +45,11 @@ def test_kernel_selection(monkeypatch):
     assert float_ranks.kernel() is None
     monkeypatch.setenv(float_ranks.KERNELS_ENV, "numba")
     assert float_ranks.kernel() is not None
+    assert float_ranks.kernel(pairs=10) is not None  # forced: any size
     monkeypatch.delenv(float_ranks.KERNELS_ENV)
     assert float_ranks.kernel() is not None  # auto: numba when importable
+    assert float_ranks.kernel(pairs=float_ranks.AUTO_MIN_PAIRS) is not None
+    assert float_ranks.kernel(pairs=float_ranks.AUTO_MIN_PAIRS - 1) is None  # small: numpy, no numba import
     monkeypatch.setenv(float_ranks.KERNELS_ENV, "fortran")
     with pytest.raises(DeephashError, match="DEEPHASH_KERNELS"):
         float_ranks.kernel()
@@ -57,7 +60,7 @@ def test_missing_numba_falls_back_or_raises(monkeypatch):
         raise ImportError("numba")
 
     monkeypatch.setattr(float_ranks, "_compiled", None)
-    monkeypatch.setattr(float_ranks, "_build", no_numba)
+    monkeypatch.setattr(float_ranks, "_load", no_numba)
     monkeypatch.delenv(float_ranks.KERNELS_ENV, raising=False)
     assert float_ranks.kernel() is None
     monkeypatch.setenv(float_ranks.KERNELS_ENV, "numba")
