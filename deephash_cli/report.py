@@ -10,6 +10,8 @@ and from the ``.evals.json`` sidecars written by ``evaluate --record``. Next to 
   history of embeddings artifacts trained with a miner, one line per miner;
 - ``<stem>.tsne-grid.png``: a montage of the folder's ``*tsne*.png`` files.
 
+Recall@1, MAP@R and NMI get columns when some evaluation recorded them (`evaluate --metric recall@1,map@r,nmi`).
+
 Artifacts that differ only in their seed (``groups``: same config once the run's seed, its own
 files and its outcomes are left out; same kind and evaluation setting) are one row: mean ± sample
 standard deviation (ddof = 1) of every metric, n in the seed column; a group of one shows its plain
@@ -35,7 +37,9 @@ from deephash_cli.info import bits_of, key_config, method_of, seconds_of
 
 PATTERNS = ("*.h5", "*.hdf5")
 DASH = "—"
-METRICS = ("map", "map_pess", "map_opt", "knn", "p100", "seconds")
+METRICS = ("map", "map_pess", "map_opt", "knn", "p100", "r1", "map_r", "nmi", "seconds")
+# The metric-learning columns (evaluate --metric recall@1,map@r,nmi): shown when some row recorded them.
+DML_COLUMNS = (("r1", "R@1"), ("map_r", "MAP@R"), ("nmi", "NMI"))
 
 
 def find_artifacts(folder: Path, recursive: bool) -> list[Path]:
@@ -125,7 +129,7 @@ def table_rows(entries: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
                 "seconds_unit": None if seconds is None else "s/epoch" if seconds["per"] == "epoch" else "s extract",
                 "command": header.get("command")}
         if not entry["evaluations"]:
-            rows.append({**base, "map": None, "map_pess": None, "map_opt": None, "knn": None, "p100": None,
+            rows.append({**base, **{name: None for name in METRICS if name != "seconds"},
                          "evaluation": None, "current": True,
                          "eval_command": None, "key": group_key(config, header["kind"], None)})
         for record in entry["evaluations"]:
@@ -133,6 +137,8 @@ def table_rows(entries: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
             rows.append({**base, "map": record.get("map"), "map_pess": record.get("map_pessimistic"),
                          "map_opt": record.get("map_optimistic"), "knn": record.get("knn_accuracy"),
                          "p100": (record.get("precision_at") or {}).get("100"),
+                         "r1": (record.get("recall_at") or {}).get("1"), "map_r": record.get("map_at_r"),
+                         "nmi": record.get("nmi"),
                          "evaluation": f"{setting.get('protocol')}/{setting.get('distance')}",
                          "selection": record.get("selection"), "current": record["current"],
                          "eval_command": record.get("command"),
@@ -189,6 +195,7 @@ def markdown(folder: Path, rows: Sequence[Mapping[str, Any]], skipped: Sequence[
              figures: Mapping[str, Path]) -> str:
     """The report: results table (one row per seed group), commands behind every row, figures, skipped list."""
     files = {member["file"] for row in rows for member in row["members"]}
+    dml = [(name, title) for name, title in DML_COLUMNS if any(row.get(name) is not None for row in rows)]
     evaluations = sum(member["map"] is not None for row in rows for member in row["members"])
     lines = [f"# deephash report: {folder}", "",
              f"{len(files)} artifacts, {evaluations} recorded evaluations. Metrics are as recorded by `deephash "
@@ -197,9 +204,9 @@ def markdown(folder: Path, rows: Sequence[Mapping[str, Any]], skipped: Sequence[
              f"(ddof = 1) over the n runs listed under seed. mAP bounds: the tie-aware mAP's pessimistic–optimistic "
              f"range (relevant items last / first inside each group of equal distances). threads: torch's intra-op threads in the run that "
              f"wrote the file (rerun with OMP_NUM_THREADS set to it). `#` refers to the commands below.", "",
-             "| # | dataset | backbone | stage | method | bits | seed | mAP | mAP bounds | kNN | P@100 | evaluation | "
-             "threads | seconds | file |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| # | dataset | backbone | stage | method | bits | seed | mAP | mAP bounds | kNN | P@100 | "
+             + "".join(f"{title} | " for _, title in dml) + "evaluation | threads | seconds | file |",
+             "|---|---|---|---|---|---|---|---|---|---|---|" + "---|" * len(dml) + "---|---|---|---|"]
     stale = repeated = False
     for number, row in enumerate(rows, 1):
         mark = "" if row["current"] else " †"
@@ -209,7 +216,8 @@ def markdown(folder: Path, rows: Sequence[Mapping[str, Any]], skipped: Sequence[
         cells = [str(number), row["dataset"] or DASH, row["backbone"] or DASH, row["stage"] or row["kind"],
                  row["method"] or DASH, row["bits"] or DASH, seed, _statistic(row["map"], row["n"]) + mark,
                  _bounds(row),
-                 _statistic(row["knn"], row["n"]), _statistic(row["p100"], row["n"]), row["evaluation"] or DASH,
+                 _statistic(row["knn"], row["n"]), _statistic(row["p100"], row["n"]),
+                 *(_statistic(row[name], row["n"]) for name, _ in dml), row["evaluation"] or DASH,
                  ",".join(row["threads"]) or DASH,
                  _statistic(row["seconds"], row["n"], digits=2, unit=row["seconds_unit"] or ""),
                  ", ".join(f"`{member['file']}`" for member in row["members"])]

@@ -268,3 +268,35 @@ def test_dtsh_constants_other_than_the_defaults_are_named():
                       "miner": "all"}) == "dtsh λ=1 + all"
     assert method_of({"stage": "train-hash", "method": "dtsh", "bits": 48, "lam": 0.02, "alpha": 5.0,
                       "miner": None}) == "dtsh λ=0.02 α=5 + random"
+
+
+def test_report_shows_recorded_metric_learning_columns_as_seed_means(runner, tmp_path):
+    # Two seeds of one head, evaluated with Recall@1, MAP@R and NMI: one row, mean ± std of each recorded value.
+    features = write_features(tmp_path / "f.h5")
+    out = tmp_path / "emb.h5"
+    assert invoke(runner, "train-triplet", features, "-o", out, "--margin", "0.2", "--dim", "8", "--seeds", "0,1",
+                  *MINED, *FAST).exit_code == 0
+    recorded = {}
+    for seed in (0, 1):
+        path = tmp_path / f"emb.seed{seed}.h5"
+        result = invoke(runner, "evaluate", path, "--metric", "recall@1,map@r,nmi,map", "--json", "--record")
+        assert result.exit_code == 0, result.output
+        recorded[seed] = json.loads(result.stdout)
+    assert invoke(runner, "report", tmp_path, "-o", tmp_path / "r.md").exit_code == 0
+    lines = (tmp_path / "r.md").read_text().splitlines()
+    header = next(line for line in lines if line.startswith("| # |"))
+    columns = [c.strip() for c in header.split("|")[1:-1]]
+    assert columns[11:14] == ["R@1", "MAP@R", "NMI"]  # after P@100, before evaluation
+    row = next(line for line in lines if "`emb.seed0.h5`, `emb.seed1.h5`" in line)
+    cells = dict(zip(columns, (c.strip() for c in row.split("|")[1:-1])))
+
+    def mean_std(values):
+        return f"{np.mean(values):.4f} ± {np.std(values, ddof=1):.4f}"
+
+    assert cells["R@1"] == mean_std([recorded[s]["recall_at"]["1"] for s in (0, 1)])
+    assert cells["MAP@R"] == mean_std([recorded[s]["map_at_r"] for s in (0, 1)])
+    assert cells["NMI"] == mean_std([recorded[s]["nmi"] for s in (0, 1)])
+    assert cells["mAP"] == mean_std([recorded[s]["map"] for s in (0, 1)])
+    # Rows without such records show a dash; a folder without any has no such columns (previous test).
+    features_row = next(line for line in lines if "`f.h5`" in line)
+    assert [c.strip() for c in features_row.split("|")[1:-1]][11:14] == ["—", "—", "—"]
