@@ -15,6 +15,7 @@ SCAN = 16
 
 jit = njit(cache=True, nogil=True)
 
+
 @jit
 def finish(raw, c, ra, euclidean, prescale):
     """The float32 distance of one matmul output, as the numpy path computes it."""
@@ -26,6 +27,7 @@ def finish(raw, c, ra, euclidean, prescale):
     d = raw * c
     return d * ra + np.float32(0.0)
 
+
 @jit
 def bucket_of(d, lo, scale, top):
     """min(max(trunc((d - lo) * scale), 0), top): non-decreasing in d."""
@@ -35,6 +37,7 @@ def bucket_of(d, lo, scale, top):
     if x >= top:
         return np.int64(top)
     return np.int64(x)
+
 
 @jit
 def sort_run(A, a, b):
@@ -50,6 +53,7 @@ def sort_run(A, a, b):
             j -= 1
         A[j + 1] = v
 
+
 @jit
 def upper(A, a, b, x):
     """First index in [a, b) with A[index] > x (A[a:b] sorted), else b."""
@@ -60,6 +64,7 @@ def upper(A, a, b, x):
         else:
             b = mid
     return a
+
 
 @jit
 def buckets_range(Draw, col_scale, ra, euclidean, prescale, lo, scale, top, row, bkt):
@@ -87,6 +92,22 @@ def buckets_range(Draw, col_scale, ra, euclidean, prescale, lo, scale, top, row,
         x = x if x < top else top
         bkt[j] = np.int32(x)
 
+
+@jit
+def keep_candidate(j, d, top_k, k, cand_col, cand_d, nc):
+    """Column j at distance d (<= the k-th smallest so far) becomes k-NN candidate number nc; a distance below
+    the k-th enters the sorted top k.  Returns the new candidate count."""
+    cand_col[nc] = j
+    cand_d[nc] = d
+    if d < top_k[k - 1]:
+        p = k - 1
+        while p > 0 and top_k[p - 1] > d:
+            top_k[p] = top_k[p - 1]
+            p -= 1
+        top_k[p] = d
+    return nc + 1
+
+
 @jit
 def count_range(row, bkt, j0, j1, table, A, R, hist, top_k, k, cand_col, cand_d, nc):
     """Step 3b over columns j0:j1: q = relevant distances <= d from the table and the first
@@ -106,17 +127,10 @@ def count_range(row, bkt, j0, j1, table, A, R, hist, top_k, k, cand_col, cand_d,
             key = 2 * q + (1 if (q > 0 and A[q - 1] == d) else 0)
         hist[key] += 1
         if d <= thr:  # k-NN candidate; keep the k smallest distances seen
-            cand_col[nc] = j
-            cand_d[nc] = d
-            nc += 1
-            if d < thr:
-                p = k - 1
-                while p > 0 and top_k[p - 1] > d:
-                    top_k[p] = top_k[p - 1]
-                    p -= 1
-                top_k[p] = d
-                thr = top_k[k - 1]
+            nc = keep_candidate(j, d, top_k, k, cand_col, cand_d, nc)
+            thr = top_k[k - 1]
     return nc
+
 
 @jit
 def knn_range(Draw, col_scale, ra, euclidean, prescale, j0, j1, top_k, k, cand_col, cand_d, nc):
@@ -125,17 +139,10 @@ def knn_range(Draw, col_scale, ra, euclidean, prescale, j0, j1, top_k, k, cand_c
     for j in range(j0, j1):
         d = finish(Draw[j], col_scale[j], ra, euclidean, prescale)
         if d <= thr:
-            cand_col[nc] = j
-            cand_d[nc] = d
-            nc += 1
-            if d < thr:
-                p = k - 1
-                while p > 0 and top_k[p - 1] > d:
-                    top_k[p] = top_k[p - 1]
-                    p -= 1
-                top_k[p] = d
-                thr = top_k[k - 1]
+            nc = keep_candidate(j, d, top_k, k, cand_col, cand_d, nc)
+            thr = top_k[k - 1]
     return nc
+
 
 @jit
 def rank_rows(dist, r_start, euclidean, prescale, col_scale, row_add, row_class, member_ptr, members, self_cols,
