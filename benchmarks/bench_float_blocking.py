@@ -6,7 +6,7 @@ items into a cache-sized buffer and run the rank work on each block at once, acc
 row's histogram across blocks.
 
 It measures, on one thread (CPU time, ``time.thread_time``, best of --repeat; 335 x 50,000 x 128,
-float32, euclidean), with the kernel functions of deephash_cli/float_ranks.py:
+float32, euclidean), with the kernel functions of deephash_cli/float_ranks_jit.py:
 
 1. sgemm cost: the chunk's full product against the same product in column blocks of B into one
    reused buffer; and exactness: every column block (including the last partial one and a
@@ -18,7 +18,7 @@ float32, euclidean), with the kernel functions of deephash_cli/float_ranks.py:
    b. the same on 4 rows repeated (distances resident in cache): the most that cache-resident
       distances could save;
    c. column-block order: for each block of B columns, every row's pass over it, each row with its
-      own table (65,536 int32), relevant distances and histogram, as a blocked kernel would need.
+      own table (G int32), relevant distances and histogram, as a blocked kernel would need.
 
 Usage: python benchmarks/bench_float_blocking.py [--rows 335] [--database 50000] [--repeat 3]
 """
@@ -34,7 +34,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from deephash_cli import float_ranks  # noqa: E402
+from deephash_cli import float_ranks, float_ranks_jit  # noqa: E402
 
 
 def best(fn, repeat):
@@ -88,8 +88,8 @@ def main() -> None:
               np.array_equal(np.matmul(q2[:rows], db[cols].T), ref))
 
     # 2. rank work per pair
-    ns = float_ranks._build()
-    G = float_ranks.buckets_for(n)
+    ns = float_ranks_jit
+    G = float_ranks.buckets_for(R)
     top = np.float32(G - 1)
     col = np.einsum("ij,ij->i", db, db)
     ra = np.einsum("ij,ij->i", q2, q2) / np.float32(4.0)
@@ -110,7 +110,7 @@ def main() -> None:
         As[i, R:] = np.inf
     hists = np.zeros((m, 2 * R + 4), np.int64)
     tops = np.full((m, k), np.inf, np.float32)
-    br, cr = ns.buckets_range, ns.count_range
+    fr, br, cr = ns.finish_row, ns.buckets_range, ns.count_range
 
     @njit(nogil=True)
     def rows_order(dist, col, ra, lo, sc, top, tables, As, R, hists, tops, k, rowb, keyb, cc, cd, shared, reps):
@@ -118,16 +118,18 @@ def main() -> None:
         for _ in range(reps):
             for i in range(mm):
                 s = 0 if shared else i
-                br(dist[i], col, ra[i], True, True, lo[i], sc[i], top, rowb, keyb)
-                cr(rowb, keyb, 0, nn, tables[s], As[s], R, hists[s], tops[s], k, cc, cd, 0)
+                fr(dist[i], col, ra[i], True, True, rowb)
+                br(rowb, lo[i], sc[i], top, keyb)
+                cr(rowb, keyb, 0, nn, tables[s], As[s], hists[s], tops[s], k, cc, cd, 0)
 
     @njit(nogil=True)
     def block_order(buf, n, col, ra, lo, sc, top, tables, As, R, hists, tops, k, rowb, keyb, cc, cd):
         mm, B = buf.shape
         for j0 in range(0, n - B + 1, B):
             for i in range(mm):
-                br(buf[i], col[j0:j0 + B], ra[i], True, True, lo[i], sc[i], top, rowb, keyb)
-                cr(rowb, keyb, 0, B, tables[i], As[i], R, hists[i], tops[i], k, cc, cd, 0)
+                fr(buf[i], col[j0:j0 + B], ra[i], True, True, rowb[:B])
+                br(rowb[:B], lo[i], sc[i], top, keyb[:B])
+                cr(rowb, keyb, 0, B, tables[i], As[i], hists[i], tops[i], k, cc, cd, 0)
 
     rowb = np.empty(n, np.float32)
     keyb = np.empty(n, np.int32)

@@ -7,21 +7,23 @@ definitions are in :mod:`deephash_cli.metrics`).
 
 Per row (n database items, R relevant ones, G value buckets):
 
-1. Finish the relevant items' matmul outputs into float32 distances exactly as the numpy path
+1. Finish every matmul output of the row into a float32 distance exactly as the numpy path
    does (euclidean: ``((-2 q·d) + ‖d‖²) + ‖q‖²`` then ``max(·, 0)``; cosine:
    ``((q·d) · 1/‖d‖) · (−1/‖q‖) + 0``; no fused multiply-add: numba does not contract without
-   fastmath) and take their range [lo, hi].
-2. Sort the relevant distances into A by a counting sort over G buckets of [lo, hi] (exact
-   order inside a bucket by insertion sort, np.sort for long runs); its running count is the
-   table: for bucket u, the index in A of the first relevant distance at or above u (stored as
-   -1 - it when the bucket holds 3 or more).  The bucket ``min(max(trunc((d − lo) · (G − 2) / (hi − lo)), 0), G − 1)`` is non-decreasing in d,
-   so an item in a lower bucket is strictly closer; distances outside [lo, hi] clamp to the end
-   buckets, which is still exact.
-3. a. One vectorized loop finishes every distance of the row and computes its bucket.
+   fastmath), in one vectorized loop; gather the relevant ones and take their range [lo, hi].
+2. Sort the relevant distances into A by a counting sort over G buckets of [lo, hi]; its
+   running count is the table: for bucket u, the index in A of the first relevant distance at
+   or above u (stored as -1 - it when the bucket holds 3 or more).  The buckets holding 2 or
+   more are listed while the table is filled and sorted exactly after the scatter (insertion
+   sort, np.sort for long runs).  The bucket ``min(max(trunc((d − lo) · (G − 2) / (hi − lo)), 0), G − 1)``
+   is non-decreasing in d, so an item in a lower bucket is strictly closer; distances outside
+   [lo, hi] clamp to the end buckets, which is still exact.
+3. a. One vectorized loop computes every item's bucket.
    b. One scalar loop: q = number of relevant distances <= d is the table entry s plus
-   ``d >= A[s]`` plus ``d >= A[s+1]`` (a binary search for the rare crowded buckets); a
-   histogram over (q, whether d equals one of them) counts every item; the k-NN candidates are
-   the items at or below the k-th smallest distance seen so far (a running top k).
+   ``d >= A[s]`` plus ``d >= A[s+1]`` (a linear scan of the bucket for the rare crowded ones;
+   A ends with +inf); a histogram over (q, whether d equals one of them) counts every item; the
+   k-NN candidates are the items at or below the k-th smallest distance seen so far (a running
+   top k).
 4. Walk the sorted relevant distances: a group of equal relevant distances A[a:e] is preceded
    by the items counted at q <= a and holds the items counted at (e, equal).  A relevant item
    alone in its group adds ``(a + 1) / (N + 1)`` to the AP sums, AP@K and P@K; true tie groups
@@ -48,9 +50,12 @@ __all__ = ["kernel", "KERNELS_ENV", "FloatRankScratch", "rank_chunk"]
 
 # Environment variable choosing the float rank implementation: "numba", "numpy" or unset (auto).
 KERNELS_ENV = "DEEPHASH_KERNELS"
-# Fine buckets per row: a power of two near the database size; with R relevant distances
-# spread over them few buckets hold 3 or more (those need a binary search), and the O(G)
-# table fill stays below the O(n) pass.
+# Buckets per row: a power of two of at least BUCKETS_PER_RELEVANT times the largest relevant
+# count R, so that few items fall in a bucket holding 3 or more relevant distances (the slow
+# path) while the O(G) table fill stays small against the O(n) counting pass.  Measured on
+# CIFAR-10-sized rows (R = 5,000, n = 50,000, one thread): G = 32,768 4.5 ns per pair, 65,536
+# 4.7, 16,384 5.3 (benchmarks/RESULTS.md).
+BUCKETS_PER_RELEVANT = 4
 MAX_BUCKETS = 1 << 16
 
 # "auto" uses the compiled kernel from this many query-database pairs on.  A process pays about
@@ -93,9 +98,11 @@ def kernel(pairs: int | None = None):
     return _compiled or None
 
 
-def buckets_for(n: int) -> int:
-    """Buckets per row for a database of n items: the power of two >= n, at most MAX_BUCKETS."""
-    return int(min(MAX_BUCKETS, 1 << max(2, (int(n) - 1).bit_length())))
+def buckets_for(r_max: int) -> int:
+    """Buckets per row when rows have at most r_max relevant items: the power of two >=
+    BUCKETS_PER_RELEVANT · r_max, between 4 and MAX_BUCKETS."""
+    want = max(4, BUCKETS_PER_RELEVANT * int(r_max))
+    return int(min(MAX_BUCKETS, 1 << (want - 1).bit_length()))
 
 
 class FloatRankScratch:
@@ -114,7 +121,7 @@ class FloatRankScratch:
         self.rel = np.empty(r_max, dtype=np.float32)  # relevant distances in member order
         self.rel_bucket = np.empty(r_max, dtype=np.int32)
         self.A = np.empty(r_max + 2, dtype=np.float32)  # sorted relevant distances, then +inf, +inf
-        self.Ab = np.empty(r_max, dtype=np.int32)  # their buckets
+        self.Ab = np.empty(r_max, dtype=np.int32)  # (start, size) of the buckets holding 2 or more
         self.hist = np.zeros(2 * r_max + 4, dtype=np.int64)  # (q, equal) histogram (zero between rows)
         self.top = np.empty(k, dtype=np.float32)  # the k smallest distances seen so far
         self.cand_col = np.empty(n, dtype=np.int64)

@@ -2,6 +2,10 @@
 
 Module-level functions, so numba's on-disk cache (``cache=True``) finds them again in the next
 process: the algorithm and the buffers are described in :mod:`deephash_cli.float_ranks`.
+
+Hot loops index arrays with unsigned integers (``A[np.uint64(i)]``): numba wraps a signed
+index around (``i < 0`` counts from the end), and that check alone made the per-item loop
+about 0.6 ns per pair slower (benchmarks/RESULTS.md).  Every such index is >= 0 by construction.
 """
 
 from __future__ import annotations
@@ -55,22 +59,9 @@ def sort_run(A, a, b):
 
 
 @jit
-def upper(A, a, b, x):
-    """First index in [a, b) with A[index] > x (A[a:b] sorted), else b."""
-    while a < b:
-        mid = (a + b) >> 1
-        if A[mid] <= x:
-            a = mid + 1
-        else:
-            b = mid
-    return a
-
-
-@jit
-def buckets_range(Draw, col_scale, ra, euclidean, prescale, lo, scale, top, row, bkt):
-    """Step 3a: every item's distance (into ``row``) and bucket (into ``bkt``).  One loop per
-    distance formula without branches inside, so that it vectorizes (its results are those
-    of :func:`finish` and :func:`bucket_of`)."""
+def finish_row(Draw, col_scale, ra, euclidean, prescale, row):
+    """Step 1a: every item's distance into ``row``.  One loop per distance formula without
+    branches inside, so that it vectorizes (its results are those of :func:`finish`)."""
     z = np.float32(0.0)
     if euclidean and prescale:
         for j in range(Draw.size):
@@ -86,7 +77,13 @@ def buckets_range(Draw, col_scale, ra, euclidean, prescale, lo, scale, top, row,
         for j in range(Draw.size):
             d = Draw[j] * col_scale[j]
             row[j] = d * ra + z
-    for j in range(Draw.size):
+
+
+@jit
+def buckets_range(row, lo, scale, top, bkt):
+    """Step 3a: every item's bucket into ``bkt`` (vectorized; the results of :func:`bucket_of`)."""
+    z = np.float32(0.0)
+    for j in range(row.size):
         x = (row[j] - lo) * scale
         x = x if x > z else z
         x = x if x < top else top
@@ -109,25 +106,28 @@ def keep_candidate(j, d, top_k, k, cand_col, cand_d, nc):
 
 
 @jit
-def count_range(row, bkt, j0, j1, table, A, R, hist, top_k, k, cand_col, cand_d, nc):
+def count_range(row, bkt, j0, j1, table, A, hist, top_k, k, cand_col, cand_d, nc):
     """Step 3b over columns j0:j1: q = relevant distances <= d from the table and the first
-    two relevant distances of the item's bucket (a binary search for buckets holding 3 or
-    more), the histogram of (q, equal), and the k-NN candidates; returns the new candidate
-    count."""
+    two relevant distances of the item's bucket (a linear scan of the bucket for the rare
+    buckets holding 3 or more; A ends with +inf), the histogram of (q, equal), and the k-NN
+    candidates; returns the new candidate count."""
     thr = top_k[k - 1]
-    for j in range(j0, j1):
+    for jj in range(j0, j1):
+        j = np.uint64(jj)
         d = row[j]
-        s = table[bkt[j]]
+        s = table[np.uint64(bkt[j])]
         if s >= 0:
-            a1 = A[s]
-            a2 = A[s + 1]
+            a1 = A[np.uint64(s)]
+            a2 = A[np.uint64(s + 1)]
             key = 2 * (s + np.int64(d >= a1) + np.int64(d >= a2)) + (np.int64(d == a1) | np.int64(d == a2))
         else:
-            q = upper(A, -1 - s, R, d)
-            key = 2 * q + (1 if (q > 0 and A[q - 1] == d) else 0)
-        hist[key] += 1
+            q = -1 - s
+            while A[np.uint64(q)] <= d:
+                q += 1
+            key = 2 * q + (1 if (q > 0 and A[np.uint64(q - 1)] == d) else 0)
+        hist[np.uint64(key)] += 1
         if d <= thr:  # k-NN candidate; keep the k smallest distances seen
-            nc = keep_candidate(j, d, top_k, k, cand_col, cand_d, nc)
+            nc = keep_candidate(jj, d, top_k, k, cand_col, cand_d, nc)
             thr = top_k[k - 1]
     return nc
 
@@ -145,14 +145,74 @@ def knn_range(Draw, col_scale, ra, euclidean, prescale, j0, j1, top_k, k, cand_c
 
 
 @jit
+def settle(srow, ks_map, ks_prec, n_eff, last, before, s0, cnt):
+    """Record the AP@K and P@K sums of every threshold K in (last, before]: the singletons so far
+    (AP sum s0, count cnt).  Returns the smallest threshold above before (2**62 if none)."""
+    n_map = ks_map.size
+    nxt = np.int64(1) << 62
+    for c in range(n_map + ks_prec.size):
+        K = ks_map[c] if c < n_map else min(ks_prec[c - n_map], n_eff)
+        if last < K <= before:
+            srow[1 + c] = s0 if c < n_map else cnt
+        elif K > before:
+            nxt = min(nxt, K)
+    return nxt
+
+
+@jit
+def ap_sums(A, R, hist, srow, ks_map, ks_prec, n_eff, groups, ng, i):
+    """Step 4 for row i: walk the sorted relevant distances A[:R].  Every item, relevant or not,
+    was counted at q = relevant distances <= it; a group of equal relevant distances A[a:e] is
+    preceded by the items counted at q <= a (N = before) and holds those counted at (e, equal).
+    A singleton adds (a + 1) / (N + 1) to R·AP; true tie groups go to groups[ng:] as
+    (row, N, m, Rb, r); returns the new ng.
+
+    srow gets R·AP, then min(R, K)·AP@K for each K of ks_map, then the relevant count in the top
+    K for each K of ks_prec.  A singleton counts towards K while N < K, and N never decreases
+    along the walk, so those sums are the running sums at the moment N first reaches K: the same
+    additions in the same order, recorded once instead of accumulated in memory per item."""
+    s0 = 0.0
+    cnt = 0.0
+    before = hist[0] + hist[1]
+    huge = np.int64(1) << 62
+    last = np.int64(-1)
+    nxt = settle(srow, ks_map, ks_prec, n_eff, huge, last, s0, cnt)  # only the first threshold
+    a = 0
+    while a < R:
+        ua = np.uint64(a)
+        e = a + 1
+        while e < R and A[np.uint64(e)] == A[ua]:
+            e += 1
+        size = hist[np.uint64(2 * e + 1)]
+        if size == 1:
+            if before >= nxt:
+                nxt = settle(srow, ks_map, ks_prec, n_eff, last, before, s0, cnt)
+                last = before
+            s0 += (a + 1.0) / (before + 1.0)
+            cnt += 1.0
+        else:
+            g = np.uint64(ng)
+            groups[g, 0] = i
+            groups[g, 1] = before
+            groups[g, 2] = size
+            groups[g, 3] = a
+            groups[g, 4] = e - a
+            ng += 1
+        for q in range(a + 1, e + 1):
+            before += hist[np.uint64(2 * q)] + hist[np.uint64(2 * q + 1)]
+        a = e
+    settle(srow, ks_map, ks_prec, n_eff, last, huge, s0, cnt)  # thresholds never reached
+    srow[0] = s0
+    return ng
+
+
+@jit
 def rank_rows(dist, r_start, euclidean, prescale, col_scale, row_add, row_class, member_ptr, members, self_cols,
               k, G, ks_map, ks_prec, n_eff, count, table, rel, rel_bucket, A, Ab, hist, row, keys, top_k, cand_col,
               cand_d,
               sums, kth, groups, out_row, out_col, out_d):
     m, n = dist.shape
     top = np.float32(G - 1)
-    n_map = ks_map.size
-    n_prec = ks_prec.size
     ng = 0
     nc_out = 0
     inf = np.float32(np.inf)
@@ -175,85 +235,60 @@ def rank_rows(dist, r_start, euclidean, prescale, col_scale, row_add, row_class,
             nc = knn_range(Draw, col_scale, ra, euclidean, prescale, j_own + 1, n, top_k, k, cand_col, cand_d,
                            nc)
         else:
-            # 1. the relevant distances and their range
+            # 1. every distance of the row; the relevant ones and their range
+            finish_row(Draw, col_scale, ra, euclidean, prescale, row)
             lo = inf
             hi = -inf
             rr = 0
             for p in range(member_ptr[cls], member_ptr[cls + 1]):
-                col = members[p]
+                col = members[np.uint64(p)]
                 if col == own:
                     continue
-                d = finish(Draw[col], col_scale[col], ra, euclidean, prescale)
-                rel[rr] = d
+                d = row[np.uint64(col)]
+                rel[np.uint64(rr)] = d
                 lo = min(lo, d)
                 hi = max(hi, d)
                 rr += 1
             span = np.float64(hi) - np.float64(lo)
             scale = np.float32((G - 2) / span) if span > 1e-30 else np.float32(0.0)
-            # 2. counting sort by bucket, exact order inside buckets; the bucket table
-            for p in range(R):
+            # 2. counting sort by bucket; the bucket table; buckets holding 2 or more are listed
+            # in Ab as (start, size) and sorted exactly after the scatter
+            for pp in range(R):
+                p = np.uint64(pp)
                 b = bucket_of(rel[p], lo, scale, top)
                 rel_bucket[p] = b
-                count[b] += 1
+                count[np.uint64(b)] += 1
             run = 0
-            for u in range(G):
+            nm = 0
+            for uu in range(G):
+                u = np.uint64(uu)
                 c = count[u]
                 table[u] = run if c < 3 else -1 - run
                 count[u] = run  # now the bucket's start: scatter cursor
+                if c > 1:
+                    Ab[np.uint64(nm)] = run
+                    Ab[np.uint64(nm + 1)] = c
+                    nm += 2
                 run += c
-            for p in range(R):
-                b = rel_bucket[p]
+            for pp in range(R):
+                p = np.uint64(pp)
+                b = np.uint64(rel_bucket[p])
                 at = count[b]
-                A[at] = rel[p]
-                Ab[at] = b
+                A[np.uint64(at)] = rel[p]
                 count[b] = at + 1
             A[R] = inf
             A[R + 1] = inf
-            a = 0
-            while a < R:
-                e = a + 1
-                while e < R and Ab[e] == Ab[a]:
-                    e += 1
-                if e - a > 1:
-                    sort_run(A, a, e)
-                a = e
-            for u in range(G):  # clean state for the next row (dense: cheaper than per bucket)
-                count[u] = 0
+            for t in range(0, nm, 2):
+                a = Ab[np.uint64(t)]
+                sort_run(A, a, a + Ab[np.uint64(t + 1)])
+            count[:G] = 0  # clean state for the next row (dense: cheaper than per bucket)
             # 3. one counting pass over the row: q = relevant distances <= d, tie flag, k-NN
-            buckets_range(Draw, col_scale, ra, euclidean, prescale, lo, scale, top, row, keys)
-            nc = count_range(row, keys, 0, j_own, table, A, R, hist, top_k, k, cand_col, cand_d, nc)
-            nc = count_range(row, keys, j_own + 1, n, table, A, R, hist, top_k, k, cand_col, cand_d, nc)
-            # 4. AP sums over the relevant items' tie groups.  Every item, relevant or not, was
-            # counted at q = relevant distances <= it; a group of equal relevant distances
-            # A[a:e] is preceded by the items with q <= a and holds those counted at (e, equal).
-            before = hist[0] + hist[1]
-            a = 0
-            while a < R:
-                e = a + 1
-                while e < R and A[e] == A[a]:
-                    e += 1
-                size = hist[2 * e + 1]
-                if size == 1:
-                    val = (a + 1.0) / (before + 1.0)
-                    sums[i, 0] += val
-                    for c in range(n_map):
-                        if before < ks_map[c]:
-                            sums[i, 1 + c] += val
-                    for c in range(n_prec):
-                        if before < min(ks_prec[c], n_eff):
-                            sums[i, 1 + n_map + c] += 1.0
-                else:
-                    groups[ng, 0] = i
-                    groups[ng, 1] = before
-                    groups[ng, 2] = size
-                    groups[ng, 3] = a
-                    groups[ng, 4] = e - a
-                    ng += 1
-                for q in range(a + 1, e + 1):
-                    before += hist[2 * q] + hist[2 * q + 1]
-                a = e
-            for u in range(2 * R + 4):
-                hist[u] = 0
+            buckets_range(row, lo, scale, top, keys)
+            nc = count_range(row, keys, 0, j_own, table, A, hist, top_k, k, cand_col, cand_d, nc)
+            nc = count_range(row, keys, j_own + 1, n, table, A, hist, top_k, k, cand_col, cand_d, nc)
+            # 4. AP sums and tie groups
+            ng = ap_sums(A, R, hist, sums[i], ks_map, ks_prec, n_eff, groups, ng, i)
+            hist[:2 * R + 4] = 0
         # k-NN: every item at or below the k-th smallest distance was a candidate
         kd = top_k[k - 1]
         kth[i] = kd

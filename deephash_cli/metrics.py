@@ -1119,13 +1119,13 @@ def _float_pass(qf, q_lab, q_order, dbf, db_lab, distance, k, chunk, exclude_sel
     # takes a free set for the chunk it computes and returns it when done.
     compiled = float_ranks.kernel(n_q * n)  # None: the numpy implementation below
     if compiled is not None:
-        G = float_ranks.buckets_for(n)
         member_ptr = np.zeros(len(members_of) + 1, dtype=np.int64)
         member_ptr[1:] = np.cumsum([v.size for v in members_of.values()])
         members_flat = np.concatenate(list(members_of.values())).astype(np.int64)
         class_of = {label: c for c, label in enumerate(members_of)}
         row_class = np.array([class_of.get(int(x), -1) for x in q_lab_sorted.tolist()], dtype=np.int64)
         r_max = int(np.diff(member_ptr).max())
+        G = float_ranks.buckets_for(r_max)
         col_scale = db_sq if distance == "euclidean" else db_inv
     scratch = queue.SimpleQueue()
     for _ in range(min(workers, len(starts))):

@@ -103,7 +103,7 @@ def test_property_kernel_equals_numpy_path_and_reference(
     # cosine: zero vectors), small spreads give duplicates and massive ties, 1000 mostly distinct
     # distances.  Query labels can be absent from the database (label n_labels); knn_k and the
     # cutoffs can exceed the database.  tiny_tables: 4 buckets, so buckets hold many relevant
-    # distances (binary searches, np.sort runs).
+    # distances (linear scans of crowded buckets, np.sort runs).
     rng = np.random.default_rng(seed)
     db = rng.integers(-spread, spread + 1, (ndb, dim))
     dl = rng.integers(0, n_labels, ndb)
@@ -127,14 +127,15 @@ def test_property_kernel_equals_numpy_path_and_reference(
 @pytest.mark.parametrize("distance", ["euclidean", "cosine"])
 @pytest.mark.parametrize("exclude_self", [False, True])
 def test_continuous_features_with_planted_ties(monkeypatch, distance, exclude_self):
-    # Realistic rows (distinct float distances, 4,096 buckets) with duplicated database vectors,
-    # so relevant and irrelevant items tie exactly; several chunks and label runs.
+    # Realistic rows (distinct float distances) with duplicated database vectors, so relevant and
+    # irrelevant items tie exactly; several chunks and label runs; cutoffs given out of order (the
+    # kernel records each AP@K / P@K sum when the walk first reaches K).
     rng = np.random.default_rng(61)
     db = np.concatenate([rng.normal(size=(2500, 8)), np.repeat(rng.normal(size=(50, 8)), 6, axis=0)])
     db = db.astype(np.float32)
     dl = rng.integers(0, 4, db.shape[0])
     q, ql = (db, dl) if exclude_self else (rng.normal(size=(60, 8)).astype(np.float32), rng.integers(0, 5, 60))
-    kw = dict(distance=distance, map_at=(10, 500), precision_at=(5, 100), knn_k=7, exclude_self=exclude_self,
+    kw = dict(distance=distance, map_at=(500, 10, 37), precision_at=(100, 5), knn_k=7, exclude_self=exclude_self,
               chunk_size=None if exclude_self else 17)
     fast, slow = both_paths(monkeypatch, q, ql, db, dl, **kw)
     assert_same(fast, slow, tol=1e-12)
