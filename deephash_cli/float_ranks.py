@@ -53,8 +53,8 @@ KERNELS_ENV = "DEEPHASH_KERNELS"
 # Buckets per row: a power of two of at least BUCKETS_PER_RELEVANT times the largest relevant
 # count R, so that few items fall in a bucket holding 3 or more relevant distances (the slow
 # path) while the O(G) table fill stays small against the O(n) counting pass.  Measured on
-# CIFAR-10-sized rows (R = 5,000, n = 50,000, one thread): G = 32,768 4.5 ns per pair, 65,536
-# 4.7, 16,384 5.3 (benchmarks/RESULTS.md).
+# CIFAR-10-sized rows (R <= 5,091, n = 50,000, one thread; benchmarks/bench_float_buckets.py):
+# G = 32,768 4.29 ns per pair, 65,536 4.55, 16,384 5.08, 8,192 8.12.
 BUCKETS_PER_RELEVANT = 4
 MAX_BUCKETS = 1 << 16
 
