@@ -59,9 +59,9 @@ BUCKETS_PER_RELEVANT = 4
 MAX_BUCKETS = 1 << 16
 
 # "auto" uses the compiled kernel from this many query-database pairs on.  A process pays about
-# 1.6-1.9 s to import numba and load the cached machine code (measured on an idle 2-core machine,
-# benchmarks/RESULTS.md), and the kernel saves about 3.7 ns per pair against the numpy path
-# (2.50 s against 4.36 s at 5e8 pairs): break-even near 5e8 pairs, a clear gain from 1e9.
+# 1.7-2.2 s to import numba and load the cached machine code (measured on an idle 2-core machine,
+# benchmarks/RESULTS.md), and the kernel saves about 4.4 ns per pair against the numpy path
+# (1.90 s against 4.10 s at 5e8 pairs): break-even near 4-5e8 pairs, a clear gain from 1e9.
 AUTO_MIN_PAIRS = 1_000_000_000
 
 _compiled = None  # the numba kernel once loaded (or False when numba is missing)
