@@ -4,8 +4,8 @@ Module-level functions, so numba's on-disk cache (``cache=True``) finds them aga
 process: the algorithm and the buffers are described in :mod:`deephash_cli.float_ranks`.
 
 Hot loops index arrays with unsigned integers (``A[np.uint64(i)]``): numba wraps a signed
-index around (``i < 0`` counts from the end), and that check alone made the per-item loop
-about 0.6 ns per pair slower (benchmarks/RESULTS.md).  Every such index is >= 0 by construction.
+index around (``i < 0`` counts from the end), and in the per-item loop that check cost more
+than a tenth of the kernel (benchmarks/RESULTS.md).  Every such index is >= 0 by construction.
 """
 
 from __future__ import annotations
