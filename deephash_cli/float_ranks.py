@@ -12,9 +12,9 @@ Per row (n database items, R relevant ones, G value buckets):
    ``((q·d) · 1/‖d‖) · (−1/‖q‖) + 0``; no fused multiply-add: numba does not contract without
    fastmath), in one vectorized loop; gather the relevant ones and take their range [lo, hi].
 2. Sort the relevant distances into A by a counting sort over G buckets of [lo, hi]; its
-   running count is the table: for bucket u, the index in A of the first relevant distance at
-   or above u (stored as -1 - it when the bucket holds 3 or more).  The buckets holding 2 or
-   more are listed while the table is filled and sorted exactly after the scatter (insertion
+   exclusive prefix sum of the counts is the table: for bucket u, the index in A of the first
+   relevant distance at or above u (stored as -1 - it when the bucket holds 3 or more).  The
+   buckets reaching 2 are listed while counting and sorted exactly after the scatter (insertion
    sort, np.sort for long runs).  The bucket ``min(max(trunc((d − lo) · (G − 2) / (hi − lo)), 0), G − 1)``
    is non-decreasing in d, so an item in a lower bucket is strictly closer; distances outside
    [lo, hi] clamp to the end buckets, which is still exact.
@@ -57,6 +57,8 @@ KERNELS_ENV = "DEEPHASH_KERNELS"
 # G = 32,768 4.29 ns per pair, 65,536 4.55, 16,384 5.08, 8,192 8.12.
 BUCKETS_PER_RELEVANT = 4
 MAX_BUCKETS = 1 << 16
+# The bucket table is int16 up to this many relevant items per row (its entries lie in [-1 - R, R]).
+TABLE_INT16_MAX_R = (1 << 15) - 2
 
 # "auto" uses the compiled kernel from this many query-database pairs on.  A process pays about
 # 1.7-2.2 s to import numba and load the cached machine code (measured on an idle 2-core machine,
@@ -115,14 +117,18 @@ class FloatRankScratch:
     def __init__(self, rows: int, n: int, r_max: int, k: int, n_sums: int, G: int):
         self.dist = np.empty((rows, n), dtype=np.float32)
         self.row = np.empty(n, dtype=np.float32)  # one row's distances
-        self.keys = np.empty(n, dtype=np.int32)  # every item's bucket
+        # The counting pass reads keys, table and hist at random: the narrowest dtypes that hold
+        # their values keep more of them in the first-level cache (benchmarks/RESULTS.md).
+        self.keys = np.empty(n, dtype=np.uint16)  # every item's bucket (G <= MAX_BUCKETS = 2**16)
         self.count = np.zeros(G + 1, dtype=np.int32)  # relevant distances per bucket (zero between rows)
-        self.table = np.empty(G, dtype=np.int32)  # first relevant index of each bucket (-1 - it: 3 or more)
+        # table[u]: index in A of bucket u's first relevant distance (-1 - it: 3 or more); table[G] = R
+        self.table = np.empty(G + 1, dtype=np.int16 if r_max <= TABLE_INT16_MAX_R else np.int32)
         self.rel = np.empty(r_max, dtype=np.float32)  # relevant distances in member order
         self.rel_bucket = np.empty(r_max, dtype=np.int32)
         self.A = np.empty(r_max + 2, dtype=np.float32)  # sorted relevant distances, then +inf, +inf
-        self.Ab = np.empty(r_max, dtype=np.int32)  # (start, size) of the buckets holding 2 or more
-        self.hist = np.zeros(2 * r_max + 4, dtype=np.int64)  # (q, equal) histogram (zero between rows)
+        self.Ab = np.empty(r_max + 1, dtype=np.int32)  # the buckets holding 2 or more
+        # (q, equal) histogram, zero between rows; a count is at most n
+        self.hist = np.zeros(2 * r_max + 4, dtype=np.int32 if n < 1 << 31 else np.int64)
         self.top = np.empty(k, dtype=np.float32)  # the k smallest distances seen so far
         self.cand_col = np.empty(n, dtype=np.int64)
         self.cand_d = np.empty(n, dtype=np.float32)

@@ -251,37 +251,44 @@ def rank_rows(dist, r_start, euclidean, prescale, col_scale, row_add, row_class,
                 rr += 1
             span = np.float64(hi) - np.float64(lo)
             scale = np.float32((G - 2) / span) if span > 1e-30 else np.float32(0.0)
-            # 2. counting sort by bucket; the bucket table; buckets holding 2 or more are listed
-            # in Ab as (start, size) and sorted exactly after the scatter
+            # 2. counting sort by bucket: the counts (a bucket reaching 2 relevant distances is
+            # listed in Ab once, branch-free), the table as their exclusive prefix sum, the scatter
+            # (each bucket filled from its end, so count returns to 0 for the next row), then the
+            # listed buckets sorted exactly and those holding 3 or more marked in the table
+            nm = 0
             for pp in range(R):
                 p = np.uint64(pp)
                 b = bucket_of(rel[p], lo, scale, top)
                 rel_bucket[p] = b
-                count[np.uint64(b)] += 1
+                c = count[np.uint64(b)] + 1
+                count[np.uint64(b)] = c
+                Ab[np.uint64(nm)] = b
+                nm += np.int64(c == 2)
             run = 0
-            nm = 0
             for uu in range(G):
                 u = np.uint64(uu)
-                c = count[u]
-                table[u] = run if c < 3 else -1 - run
-                count[u] = run  # now the bucket's start: scatter cursor
-                if c > 1:
-                    Ab[np.uint64(nm)] = run
-                    Ab[np.uint64(nm + 1)] = c
-                    nm += 2
-                run += c
+                table[u] = run
+                run += count[u]
+            table[G] = run
             for pp in range(R):
                 p = np.uint64(pp)
                 b = np.uint64(rel_bucket[p])
-                at = count[b]
-                A[np.uint64(at)] = rel[p]
-                count[b] = at + 1
+                c = count[b] - 1
+                count[b] = c
+                A[np.uint64(table[b] + c)] = rel[p]
             A[R] = inf
             A[R + 1] = inf
-            for t in range(0, nm, 2):
-                a = Ab[np.uint64(t)]
-                sort_run(A, a, a + Ab[np.uint64(t + 1)])
-            count[:G] = 0  # clean state for the next row (dense: cheaper than per bucket)
+            for t in range(nm):
+                b = Ab[np.uint64(t)]
+                a = table[np.uint64(b)]
+                e = table[np.uint64(b + 1)]
+                sort_run(A, a, e)
+                if e - a >= 3:
+                    Ab[np.uint64(t)] = -1 - b  # crowded: marked below, once no start is read any more
+            for t in range(nm):
+                v = Ab[np.uint64(t)]
+                if v < 0:
+                    table[np.uint64(-1 - v)] = -1 - table[np.uint64(-1 - v)]
             # 3. one counting pass over the row: q = relevant distances <= d, tie flag, k-NN
             buckets_range(row, lo, scale, top, keys)
             nc = count_range(row, keys, 0, j_own, table, A, hist, top_k, k, cand_col, cand_d, nc)

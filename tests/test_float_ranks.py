@@ -165,3 +165,22 @@ def test_output_buffers_refill_across_rows(monkeypatch):
                             knn_k=5)
     assert_same(fast, slow, tol=1e-12)
     assert fast.map == pytest.approx(slow.map, abs=1e-15)
+
+
+def test_wide_table_for_many_relevant_items(monkeypatch):
+    # Rows with more relevant items than an int16 table holds use an int32 table (a separate
+    # compiled specialization); forced here on small data, with crowded buckets and planted ties.
+    monkeypatch.setattr(float_ranks, "TABLE_INT16_MAX_R", 0)
+    monkeypatch.setattr(float_ranks, "buckets_for", lambda n: 16)
+    rng = np.random.default_rng(83)
+    db = np.concatenate([rng.normal(size=(400, 6)), np.repeat(rng.normal(size=(20, 6)), 5, axis=0)])
+    db = db.astype(np.float32)
+    dl = rng.integers(0, 3, db.shape[0])
+    q, ql = rng.normal(size=(30, 6)).astype(np.float32), rng.integers(0, 3, 30)
+    scratch = []
+    real = float_ranks.FloatRankScratch
+    monkeypatch.setattr(float_ranks, "FloatRankScratch", lambda *a: scratch.append(real(*a)) or scratch[-1])
+    fast, slow = both_paths(monkeypatch, q, ql, db, dl, distance="euclidean", map_at=(50,), precision_at=(20,),
+                            knn_k=5)
+    assert scratch and all(s.table.dtype == np.int32 for s in scratch)
+    assert_same(fast, slow, tol=1e-12)
