@@ -34,18 +34,23 @@ def finish(raw, c, ra, euclidean, prescale):
 
 @jit
 def bucket_of(d, lo, scale, top):
-    """min(max(trunc((d - lo) * scale), 0), top): non-decreasing in d."""
+    """min(max(trunc((d - lo) * scale), 0), top): non-decreasing in d (branch-free, vectorizes)."""
+    z = np.float32(0.0)
     x = (d - lo) * scale
-    if x <= np.float32(0.0):
-        return 0
-    if x >= top:
-        return np.int64(top)
-    return np.int64(x)
+    x = x if x > z else z
+    x = x if x < top else top
+    return np.int32(x)
 
 
 @jit
 def sort_run(A, a, b):
     """Sort A[a:b] ascending in place (short runs: insertion sort)."""
+    if b - a == 2:  # the common case, branch-free
+        x = A[np.uint64(a)]
+        y = A[np.uint64(a + 1)]
+        A[np.uint64(a)] = min(x, y)
+        A[np.uint64(a + 1)] = max(x, y)
+        return
     if b - a > SCAN:
         A[a:b].sort()
         return
@@ -81,13 +86,9 @@ def finish_row(Draw, col_scale, ra, euclidean, prescale, row):
 
 @jit
 def buckets_range(row, lo, scale, top, bkt):
-    """Step 3a: every item's bucket into ``bkt`` (vectorized; the results of :func:`bucket_of`)."""
-    z = np.float32(0.0)
+    """Step 3a: every item's bucket into ``bkt`` (one vectorized loop)."""
     for j in range(row.size):
-        x = (row[j] - lo) * scale
-        x = x if x > z else z
-        x = x if x < top else top
-        bkt[j] = np.int32(x)
+        bkt[j] = bucket_of(row[j], lo, scale, top)
 
 
 @jit
