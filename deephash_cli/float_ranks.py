@@ -18,12 +18,14 @@ Per row (n database items, R relevant ones, G value buckets):
    sort, np.sort for long runs).  The bucket ``min(max(trunc((d − lo) · (G − 2) / (hi − lo)), 0), G − 1)``
    is non-decreasing in d, so an item in a lower bucket is strictly closer; distances outside
    [lo, hi] clamp to the end buckets, which is still exact.
-3. a. One vectorized loop computes every item's bucket.
+3. a. One vectorized loop computes every item's bucket, and the smallest bucket of each block
+   of KNN_BLOCK items.  Those minima belong to distinct items, so the k-th smallest of them, B,
+   is at least the bucket of the k-th smallest distance; the k-NN candidates are the items of
+   buckets <= B (found in the blocks whose minimum is <= B) at or below the k-th smallest
+   distance seen so far (a running top k).
    b. One scalar loop: q = number of relevant distances <= d is the table entry s plus
    ``d >= A[s]`` plus ``d >= A[s+1]`` (a linear scan of the bucket for the rare crowded ones;
-   A ends with +inf); a histogram over (q, whether d equals one of them) counts every item; the
-   k-NN candidates are the items at or below the k-th smallest distance seen so far (a running
-   top k).
+   A ends with +inf); a histogram over (q, whether d equals one of them) counts every item.
 4. Walk the sorted relevant distances: a group of equal relevant distances A[a:e] is preceded
    by the items counted at q <= a and holds the items counted at (e, equal).  A relevant item
    alone in its group adds ``(a + 1) / (N + 1)`` to the AP sums, AP@K and P@K; true tie groups
@@ -57,6 +59,8 @@ KERNELS_ENV = "DEEPHASH_KERNELS"
 # G = 32,768 4.29 ns per pair, 65,536 4.55, 16,384 5.08, 8,192 8.12.
 BUCKETS_PER_RELEVANT = 4
 MAX_BUCKETS = 1 << 16
+# Items per block of the k-NN bound (the smallest bucket of each block is kept).
+KNN_BLOCK = 128
 # The bucket table is int16 up to this many relevant items per row (its entries lie in [-1 - R, R]).
 TABLE_INT16_MAX_R = (1 << 15) - 2
 
@@ -120,6 +124,7 @@ class FloatRankScratch:
         # The counting pass reads keys, table and hist at random: the narrowest dtypes that hold
         # their values keep more of them in the first-level cache (benchmarks/RESULTS.md).
         self.keys = np.empty(n, dtype=np.uint16)  # every item's bucket (G <= MAX_BUCKETS = 2**16)
+        self.bmin = np.empty(n // KNN_BLOCK + 1, dtype=np.int32)  # smallest bucket of each block of KNN_BLOCK items
         self.count = np.zeros(G + 1, dtype=np.int32)  # relevant distances per bucket (zero between rows)
         # table[u]: index in A of bucket u's first relevant distance (-1 - it: 3 or more); table[G] = R
         self.table = np.empty(G + 1, dtype=np.int16 if r_max <= TABLE_INT16_MAX_R else np.int32)
@@ -165,8 +170,8 @@ def rank_chunk(fn, dist, euclidean, prescale, col_scale, row_add, row_class, mem
     r = 0
     while r < m:
         r, ng, nc = fn(dist, r, int(euclidean), int(prescale), col_scale, row_add, row_class, member_ptr, members,
-                       self_cols, k, G, ks_map, ks_prec, n_eff, S.count, S.table, S.rel, S.rel_bucket, S.A, S.Ab,
-                       S.hist, S.row, S.keys, S.top, S.cand_col, S.cand_d, sums, kth, S.groups, S.out_row, S.out_col, S.out_d)
+                       self_cols, k, G, KNN_BLOCK, ks_map, ks_prec, n_eff, S.count, S.table, S.rel, S.rel_bucket, S.A, S.Ab,
+                       S.hist, S.row, S.keys, S.bmin, S.top, S.cand_col, S.cand_d, sums, kth, S.groups, S.out_row, S.out_col, S.out_d)
         groups.append(S.groups[:ng].copy())
         rows.append(S.out_row[:nc].copy())
         cols.append(S.out_col[:nc].copy())

@@ -85,10 +85,23 @@ def finish_row(Draw, col_scale, ra, euclidean, prescale, row):
 
 
 @jit
-def buckets_range(row, lo, scale, top, bkt):
-    """Step 3a: every item's bucket into ``bkt`` (one vectorized loop)."""
-    for j in range(row.size):
+def smallest(seg):
+    """The smallest value of an unsigned 16-bit array (65,535 if empty; a vectorized reduction)."""
+    mn = np.int32(65535)
+    for j in range(seg.size):
+        mn = min(mn, np.int32(seg[j]))
+    return mn
+
+
+@jit
+def buckets_range(row, lo, scale, top, bkt, bmin, W):
+    """Step 3a: every item's bucket into ``bkt`` (one vectorized loop), then the smallest bucket
+    of each block of W items into ``bmin``."""
+    n = row.size
+    for j in range(n):
         bkt[j] = bucket_of(row[j], lo, scale, top)
+    for bb in range((n + W - 1) // W):
+        bmin[bb] = smallest(bkt[bb * W:(bb + 1) * W])
 
 
 @jit
@@ -107,12 +120,52 @@ def keep_candidate(j, d, top_k, k, cand_col, cand_d, nc):
 
 
 @jit
-def count_range(row, bkt, j0, j1, table, A, hist, top_k, k, cand_col, cand_d, nc):
+def knn_buckets(row, bkt, bmin, W, j_own, top_k, k, cand_col, cand_d, nc):
+    """k-NN candidates of a row with buckets: each block minimum is a distinct item's bucket, so
+    the k-th smallest block minimum B bounds the bucket of the k-th smallest distance (buckets
+    are non-decreasing in the distance); only blocks whose minimum is <= B are scanned, and their
+    items in buckets <= B go through :func:`keep_candidate`.  Column j_own (>= n: none) is
+    skipped.  Returns the new candidate count."""
+    n = row.size
+    nb = (n + W - 1) // W
+    if j_own < n:  # the own column's block: its minimum without it
+        j0 = (j_own // W) * W
+        mn = np.int32(65535)
+        for j in range(j0, min(j0 + W, n)):
+            if j != j_own:
+                mn = min(mn, np.int32(bkt[j]))
+        bmin[j_own // W] = mn
+    for c in range(k):  # top_k holds the k smallest block minima first
+        top_k[c] = np.inf
+    for bb in range(nb):
+        v = np.float32(bmin[bb])
+        if v < top_k[k - 1]:
+            p = k - 1
+            while p > 0 and top_k[p - 1] > v:
+                top_k[p] = top_k[p - 1]
+                p -= 1
+            top_k[p] = v
+    B = top_k[k - 1]  # +inf when there are fewer than k blocks: every item is scanned
+    for c in range(k):
+        top_k[c] = np.inf
+    thr = top_k[k - 1]
+    for bb in range(nb):
+        if np.float32(bmin[bb]) <= B:
+            j0 = bb * W
+            for j in range(j0, min(j0 + W, n)):
+                if np.float32(bkt[j]) <= B and j != j_own:
+                    d = row[j]
+                    if d <= thr:
+                        nc = keep_candidate(j, d, top_k, k, cand_col, cand_d, nc)
+                        thr = top_k[k - 1]
+    return nc
+
+
+@jit
+def count_range(row, bkt, j0, j1, table, A, hist):
     """Step 3b over columns j0:j1: q = relevant distances <= d from the table and the first
     two relevant distances of the item's bucket (a linear scan of the bucket for the rare
-    buckets holding 3 or more; A ends with +inf), the histogram of (q, equal), and the k-NN
-    candidates; returns the new candidate count."""
-    thr = top_k[k - 1]
+    buckets holding 3 or more; A ends with +inf) and the histogram of (q, equal)."""
     for jj in range(j0, j1):
         j = np.uint64(jj)
         d = row[j]
@@ -127,10 +180,6 @@ def count_range(row, bkt, j0, j1, table, A, hist, top_k, k, cand_col, cand_d, nc
                 q += 1
             key = 2 * q + (1 if (q > 0 and A[np.uint64(q - 1)] == d) else 0)
         hist[np.uint64(key)] += 1
-        if d <= thr:  # k-NN candidate; keep the k smallest distances seen
-            nc = keep_candidate(jj, d, top_k, k, cand_col, cand_d, nc)
-            thr = top_k[k - 1]
-    return nc
 
 
 @jit
@@ -209,7 +258,7 @@ def ap_sums(A, R, hist, srow, ks_map, ks_prec, n_eff, groups, ng, i):
 
 @jit
 def rank_rows(dist, r_start, euclidean, prescale, col_scale, row_add, row_class, member_ptr, members, self_cols,
-              k, G, ks_map, ks_prec, n_eff, count, table, rel, rel_bucket, A, Ab, hist, row, keys, top_k, cand_col,
+              k, G, W, ks_map, ks_prec, n_eff, count, table, rel, rel_bucket, A, Ab, hist, row, keys, bmin, top_k, cand_col,
               cand_d,
               sums, kth, groups, out_row, out_col, out_d):
     m, n = dist.shape
@@ -291,9 +340,10 @@ def rank_rows(dist, r_start, euclidean, prescale, col_scale, row_add, row_class,
                 if v < 0:
                     table[np.uint64(-1 - v)] = -1 - table[np.uint64(-1 - v)]
             # 3. one counting pass over the row: q = relevant distances <= d, tie flag, k-NN
-            buckets_range(row, lo, scale, top, keys)
-            nc = count_range(row, keys, 0, j_own, table, A, hist, top_k, k, cand_col, cand_d, nc)
-            nc = count_range(row, keys, j_own + 1, n, table, A, hist, top_k, k, cand_col, cand_d, nc)
+            buckets_range(row, lo, scale, top, keys, bmin, W)
+            nc = knn_buckets(row, keys, bmin, W, j_own, top_k, k, cand_col, cand_d, nc)
+            count_range(row, keys, 0, j_own, table, A, hist)
+            count_range(row, keys, j_own + 1, n, table, A, hist)
             # 4. AP sums and tie groups
             ng = ap_sums(A, R, hist, sums[i], ks_map, ks_prec, n_eff, groups, ng, i)
             hist[:2 * R + 4] = 0
