@@ -12,7 +12,7 @@ float32, euclidean), with the kernel functions of deephash_cli/float_ranks_jit.p
    reused buffer; and exactness: every column block (including the last partial one and a
    database smaller than a block) equals the same columns of the full product; a product over a
    gathered subset of columns equals those columns of the full one, for several row counts.
-2. rank work per pair (finish + bucket, then the table / histogram / k-NN loop):
+2. rank work per pair (finish + bucket and block minima, then the table / histogram loop):
    a. row order over the full chunk (distances streamed from DRAM), with one table, sorted
       relevant distances and histogram reused for every row: what the kernel does now;
    b. the same on 4 rows repeated (distances resident in cache): the most that cache-resident
@@ -95,7 +95,7 @@ def main() -> None:
     ra = np.einsum("ij,ij->i", q2, q2) / np.float32(4.0)
     lo = np.empty(m, np.float32)
     sc = np.empty(m, np.float32)
-    tables = np.empty((m, G), np.int32)
+    tables = np.empty((m, G + 1), np.int16 if R <= float_ranks.TABLE_INT16_MAX_R else np.int32)
     As = np.empty((m, R + 2), np.float32)
     for i in range(m):  # row i's relevant items: R random columns; table as the kernel builds it
         d = np.maximum(full[i] + col + ra[i], 0).astype(np.float32)
@@ -105,36 +105,37 @@ def main() -> None:
         b = np.clip((rel - lo[i]) * sc[i], 0, top).astype(np.int64)
         cnt = np.bincount(b, minlength=G)[:G]
         start = np.concatenate([[0], np.cumsum(cnt)[:-1]])
-        tables[i] = np.where(cnt < 3, start, -1 - start)
+        tables[i, :G] = np.where(cnt < 3, start, -1 - start)
+        tables[i, G] = R
         As[i, :R] = rel
         As[i, R:] = np.inf
-    hists = np.zeros((m, 2 * R + 4), np.int64)
+    hists = np.zeros((m, 2 * R + 4), np.int32)
     tops = np.full((m, k), np.inf, np.float32)
     fr, br, cr = ns.finish_row, ns.buckets_range, ns.count_range
 
     @njit(nogil=True)
-    def rows_order(dist, col, ra, lo, sc, top, tables, As, R, hists, tops, k, rowb, keyb, cc, cd, shared, reps):
+    def rows_order(dist, col, ra, lo, sc, top, tables, As, R, hists, tops, k, rowb, keyb, bminb, W, shared, reps):
         mm, nn = dist.shape
         for _ in range(reps):
             for i in range(mm):
                 s = 0 if shared else i
                 fr(dist[i], col, ra[i], True, True, rowb)
-                br(rowb, lo[i], sc[i], top, keyb)
-                cr(rowb, keyb, 0, nn, tables[s], As[s], hists[s], tops[s], k, cc, cd, 0)
+                br(rowb, lo[i], sc[i], top, keyb, bminb, W)
+                cr(rowb, keyb, 0, nn, tables[s], As[s], hists[s])
 
     @njit(nogil=True)
-    def block_order(buf, n, col, ra, lo, sc, top, tables, As, R, hists, tops, k, rowb, keyb, cc, cd):
+    def block_order(buf, n, col, ra, lo, sc, top, tables, As, R, hists, tops, k, rowb, keyb, bminb, W):
         mm, B = buf.shape
         for j0 in range(0, n - B + 1, B):
             for i in range(mm):
                 fr(buf[i], col[j0:j0 + B], ra[i], True, True, rowb[:B])
-                br(rowb[:B], lo[i], sc[i], top, keyb[:B])
-                cr(rowb, keyb, 0, B, tables[i], As[i], hists[i], tops[i], k, cc, cd, 0)
+                br(rowb[:B], lo[i], sc[i], top, keyb[:B], bminb, W)
+                cr(rowb, keyb, 0, B, tables[i], As[i], hists[i])
 
     rowb = np.empty(n, np.float32)
-    keyb = np.empty(n, np.int32)
-    cc = np.empty(4 * n, np.int64)
-    cd = np.empty(4 * n, np.float32)
+    keyb = np.empty(n, np.uint16)
+    W = float_ranks.KNN_BLOCK
+    bminb = np.empty(n // W + 1, np.int32)
 
     def run(fn, *a):
         def go():
@@ -143,8 +144,8 @@ def main() -> None:
             fn(*a)
         return go
 
-    print("\nrank work (finish + bucket, table / histogram / k-NN loop), ns per pair:")
-    common = (col, ra, lo, sc, top, tables, As, R, hists, tops, k, rowb, keyb, cc, cd)
+    print("\nrank work (finish + bucket and block minima, table / histogram loop), ns per pair:")
+    common = (col, ra, lo, sc, top, tables, As, R, hists, tops, k, rowb, keyb, bminb, W)
     t = best(run(rows_order, full, *common, True, 1), args.repeat)
     print(f"  row order, whole chunk from DRAM, state reused (the kernel now): {t * 1e9 / (m * n):.2f}")
     four = np.ascontiguousarray(full[:4])
@@ -154,8 +155,9 @@ def main() -> None:
         buf = np.ascontiguousarray(full[:, :B])  # one cache-sized block, reused for every column block
         t = best(run(block_order, buf, n, *common), args.repeat)
         print(f"  column blocks of {B}, per-row state swapped in per block:      {t * 1e9 / (m * (n // B) * B):.2f}")
-    print(f"\nper-row state of a blocked kernel: table {G * 4 // 1024} KB + relevant distances {R * 4 // 1024} KB + "
-          f"histogram {(2 * R + 4) * 8 // 1024} KB per row, {m} rows; load average {os.getloadavg()[0]:.2f} at end")
+    print(f"\nper-row state of a blocked kernel: table {tables[0].nbytes // 1024} KB + relevant distances "
+          f"{R * 4 // 1024} KB + histogram {hists[0].nbytes // 1024} KB per row, {m} rows; "
+          f"load average {os.getloadavg()[0]:.2f} at end")
 
 
 if __name__ == "__main__":
