@@ -55,8 +55,8 @@ KERNELS_ENV = "DEEPHASH_KERNELS"
 # Buckets per row: a power of two of at least BUCKETS_PER_RELEVANT times the largest relevant
 # count R, so that few items fall in a bucket holding 3 or more relevant distances (the slow
 # path) while the O(G) table fill stays small against the O(n) counting pass.  Measured on
-# CIFAR-10-sized rows (R <= 5,091, n = 50,000, one thread; benchmarks/bench_float_buckets.py):
-# G = 32,768 4.29 ns per pair, 65,536 4.55, 16,384 5.08, 8,192 8.12.
+# CIFAR-10-sized rows (R <= 5,091, n = 50,000, one thread; benchmarks/bench_float_buckets.py,
+# benchmarks/RESULTS.md, session 8): G = 32,768 3.76 ns per pair, 65,536 3.80, 16,384 4.49, 8,192 7.28.
 BUCKETS_PER_RELEVANT = 4
 MAX_BUCKETS = 1 << 16
 # Items per block of the k-NN bound (the smallest bucket of each block is kept).
@@ -65,9 +65,10 @@ KNN_BLOCK = 128
 TABLE_INT16_MAX_R = (1 << 15) - 2
 
 # "auto" uses the compiled kernel from this many query-database pairs on.  A process pays about
-# 1.7-2.2 s to import numba and load the cached machine code (measured on an idle 2-core machine,
-# benchmarks/RESULTS.md), and the kernel saves about 4.4 ns per pair against the numpy path
-# (1.90 s against 4.10 s at 5e8 pairs): break-even near 4-5e8 pairs, a clear gain from 1e9.
+# 1.6-1.8 s to import numba and load the cached machine code (measured on an idle 2-core machine,
+# benchmarks/RESULTS.md, session 8), and the kernel saves 4.5-5.2 ns per pair against the numpy
+# path (1.77-1.89 s against 4.04-4.48 s at 5e8 pairs): break-even near 3-4e8 pairs, a clear gain
+# from 1e9.
 AUTO_MIN_PAIRS = 1_000_000_000
 
 _compiled = None  # the numba kernel once loaded (or False when numba is missing)
