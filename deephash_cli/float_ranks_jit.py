@@ -105,17 +105,23 @@ def buckets_range(row, lo, scale, top, bkt, bmin, W):
 
 
 @jit
+def insert_smallest(top_k, k, v):
+    """v below top_k[k - 1] enters the ascending top_k[:k] (the k smallest values seen so far)."""
+    if v < top_k[k - 1]:
+        p = k - 1
+        while p > 0 and top_k[p - 1] > v:
+            top_k[p] = top_k[p - 1]
+            p -= 1
+        top_k[p] = v
+
+
+@jit
 def keep_candidate(j, d, top_k, k, cand_col, cand_d, nc):
     """Column j at distance d (<= the k-th smallest so far) becomes k-NN candidate number nc; a distance below
     the k-th enters the sorted top k.  Returns the new candidate count."""
     cand_col[nc] = j
     cand_d[nc] = d
-    if d < top_k[k - 1]:
-        p = k - 1
-        while p > 0 and top_k[p - 1] > d:
-            top_k[p] = top_k[p - 1]
-            p -= 1
-        top_k[p] = d
+    insert_smallest(top_k, k, d)
     return nc + 1
 
 
@@ -130,21 +136,11 @@ def knn_buckets(row, bkt, bmin, W, j_own, top_k, k, cand_col, cand_d, nc):
     nb = (n + W - 1) // W
     if j_own < n:  # the own column's block: its minimum without it
         j0 = (j_own // W) * W
-        mn = np.int32(65535)
-        for j in range(j0, min(j0 + W, n)):
-            if j != j_own:
-                mn = min(mn, np.int32(bkt[j]))
-        bmin[j_own // W] = mn
+        bmin[j_own // W] = min(smallest(bkt[j0:j_own]), smallest(bkt[j_own + 1:min(j0 + W, n)]))
     for c in range(k):  # top_k holds the k smallest block minima first
         top_k[c] = np.inf
     for bb in range(nb):
-        v = np.float32(bmin[bb])
-        if v < top_k[k - 1]:
-            p = k - 1
-            while p > 0 and top_k[p - 1] > v:
-                top_k[p] = top_k[p - 1]
-                p -= 1
-            top_k[p] = v
+        insert_smallest(top_k, k, np.float32(bmin[bb]))
     B = top_k[k - 1]  # +inf when there are fewer than k blocks: every item is scanned
     for c in range(k):
         top_k[c] = np.inf
