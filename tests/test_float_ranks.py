@@ -94,16 +94,18 @@ def test_tiny_cases_match_the_permutation_reference(monkeypatch, seed):
     chunk=st.sampled_from([None, 1, 4]),
     knn_k=st.integers(1, 300),
     tiny_tables=st.booleans(),
+    knn_block=st.sampled_from([None, 1, 3]),
     seed=st.integers(0, 2**32 - 1),
 )
 def test_property_kernel_equals_numpy_path_and_reference(
-    nq, ndb, dim, spread, n_labels, distance, exclude_self, chunk, knn_k, tiny_tables, seed
+    nq, ndb, dim, spread, n_labels, distance, exclude_self, chunk, knn_k, tiny_tables, knn_block, seed
 ):
     # Integer features: exact distances.  spread 0 makes every vector zero (all distances tie;
     # cosine: zero vectors), small spreads give duplicates and massive ties, 1000 mostly distinct
     # distances.  Query labels can be absent from the database (label n_labels); knn_k and the
     # cutoffs can exceed the database.  tiny_tables: 4 buckets, so buckets hold many relevant
-    # distances (linear scans of crowded buckets, np.sort runs).
+    # distances (linear scans of crowded buckets, np.sort runs).  knn_block: blocks of 1 or 3 items for
+    # the k-NN bound, so that rows have more blocks than k and only some blocks are scanned.
     rng = np.random.default_rng(seed)
     db = rng.integers(-spread, spread + 1, (ndb, dim))
     dl = rng.integers(0, n_labels, ndb)
@@ -117,6 +119,8 @@ def test_property_kernel_equals_numpy_path_and_reference(
     with pytest.MonkeyPatch.context() as monkeypatch:  # a fixture would not be reset between examples
         if tiny_tables:
             monkeypatch.setattr(float_ranks, "buckets_for", lambda n: 4)
+        if knn_block:
+            monkeypatch.setattr(float_ranks, "KNN_BLOCK", knn_block)
         fast, slow = both_paths(monkeypatch, q.astype(np.float32), ql, db.astype(np.float32), dl, **kw)
     assert_same(fast, slow)
     ref = closed_form_evaluate(float32_distances(q, db, distance), ql.tolist(), dl.tolist(), map_ks, prec_ks, knn_k,
