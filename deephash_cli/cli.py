@@ -867,6 +867,9 @@ def finetune(
                                 "two steps ahead, and the validation and standardisation passes (0: in the main "
                                 "process). Results are the same for every value."),
     eval_batch_size: int = typer.Option(128, help="Images per forward pass when embedding without gradients."),
+    memory_check: bool = typer.Option(True, "--memory-check/--no-memory-check", help="Before training (one "
+                                      "process), measure what backpropagation keeps per image and refuse a step "
+                                      "that needs more than the memory available now."),
     max_image_pixels: int = MAX_PIXELS,
     resume: bool = typer.Option(False, "--resume", help="Continue the run checkpointed in --output from its last "
                                 "completed epoch (same options required; starts afresh if the file is absent)."),
@@ -904,7 +907,7 @@ def finetune(
                                options=dataclasses.replace(options, seed=run_seed), lr_backbone=lr_backbone,
                                freeze_bn=freeze_bn, amp=amp, device=device, workers=workers,
                                eval_batch_size=eval_batch_size, resume=resume, force=force, init=init,
-                               loss_options=loss_options, split=split)
+                               loss_options=loss_options, split=split, memory_check=memory_check)
         if summary["world_size"] > 1 and summary.get("rank", 0) != 0:
             return None
         prefix = f"seed {run_seed}: " if seed_list is not None else ""

@@ -29,7 +29,7 @@ from deephash_cli.datasets import ImageSource
 from deephash_cli.errors import DeephashError
 from deephash_cli.heads import Head, build_head, load_state_arrays
 from deephash_cli.objectives import FAMILIES as OBJECTIVES, Objective, build_objective
-from deephash_cli.train import Checkpoint, FitResult, TrainOptions, fit
+from deephash_cli.train import Checkpoint, FitResult, TrainOptions, fit, items_per_step
 
 STANDARDIZER_SAMPLE = 1024  # training images whose initial backbone features fit the head's standardiser
 
@@ -283,7 +283,7 @@ def run_finetune(output: Path, *, objective: str, dataset: str, data_dir: str | 
                  hash_options: Any, val_fraction: float, options: TrainOptions, lr_backbone: float,
                  freeze_bn: bool, amp: bool, device: str, workers: int, eval_batch_size: int, resume: bool,
                  force: bool, split_seed: int, init: Path | None = None, loss_options: Any = None,
-                 split: str = "official") -> dict[str, Any]:
+                 split: str = "official", memory_check: bool = True) -> dict[str, Any]:
     """Fine-tune ``backbone`` + a head on ``dataset``'s images; write (and checkpoint every epoch) a model artifact.
 
     ``init``: start from a fine-tuned model artifact instead of ``weights``: its backbone and preprocessing
@@ -293,7 +293,9 @@ def run_finetune(output: Path, *, objective: str, dataset: str, data_dir: str | 
     ``split_seed``: the seed of the test split of a dataset without one (``extract --seed``), independent of
     the training seed ``options.seed``. ``split``: the dataset's official split or the class-disjoint one
     (``classes``: training sees only the first half of the classes). ``loss_options``: the margin loss's β
-    settings and the N-pair loss's penalty (``embedding_losses.LossOptions``).
+    settings and the N-pair loss's penalty (``embedding_losses.LossOptions``). ``memory_check``: before
+    training in one process, refuse a step whose backward pass cannot fit in memory
+    (:func:`deephash_cli.memory.check_step_fits`).
 
     Returns a summary (best validation mAP and epoch, epochs done, seconds per epoch, resumed from).
     """
@@ -387,7 +389,7 @@ def run_finetune(output: Path, *, objective: str, dataset: str, data_dir: str | 
                       objective=built, training=training, options=options, lr_backbone=lr_backbone,
                       freeze_bn=freeze_bn, amp=amp, workers=workers, eval_batch_size=eval_batch_size,
                       image_size=image_size, transforms=(train_transform, eval_transform), checkpoint=checkpoint,
-                      fingerprint=fingerprint,
+                      memory_check=memory_check, fingerprint=fingerprint,
                       architecture={"type": "finetuned", "backbone": backbone, "weights": weights,
                                     **({"init": str(init)} if init is not None else {}),
                                     "image_size": image_size, "mean": list(mean_rgb), "std": list(std_rgb),
@@ -401,7 +403,8 @@ def _train(output: Path, *, context: distributed.DistContext, data: Any, train_s
            val_source: ImageSource, build: Callable, init_head: Head | None, parent: Path | None, head: str,
            out_dim: int, hidden: int, objective: Objective, training: Any, options: TrainOptions, lr_backbone: float, freeze_bn: bool, amp: bool, workers: int,
            eval_batch_size: int, image_size: int, transforms: tuple[Callable, Callable],
-           checkpoint: Checkpoint | None, fingerprint: dict[str, Any], architecture: dict[str, Any]) -> dict[str, Any]:
+           checkpoint: Checkpoint | None, fingerprint: dict[str, Any], architecture: dict[str, Any],
+           memory_check: bool = True) -> dict[str, Any]:
     """Build the network, wrap it for DDP when distributed, and run ``train.fit`` with the image hooks."""
     from deephash_cli.train_stages import _progress_fit
     from deephash_cli.ui import stderr_console, warn
@@ -411,9 +414,17 @@ def _train(output: Path, *, context: distributed.DistContext, data: Any, train_s
     torch.manual_seed(options.seed)  # the head's initial weights
     cnn, spec = build()
     net = FinetuneModel(cnn, Head(head, spec.dim, out_dim, hidden, objective.head_output), freeze_bn).to(device)
-    if init_head is not None and init_head.architecture() == net.head.architecture():
+    continued = init_head is not None and init_head.architecture() == net.head.architecture()
+    if continued:
         net.head = init_head.to(device)  # --init with the same head: continue it (standardiser included)
-    elif checkpoint is None:
+    if memory_check and not context.enabled:  # (one process; each of several would measure its own share)
+        from deephash_cli.memory import check_step_fits
+
+        per_step = items_per_step(options, objective.loss, len(train_source))
+        check_step_fits(net, per_step, image_size, device, amp=amp,
+                        hint="lower --classes-per-batch, --samples-per-class or --image-size" if options.miner
+                        else "lower --batch-size or --image-size")
+    if not continued and checkpoint is None:
         rng = np.random.default_rng(options.seed)
         sample = np.sort(rng.choice(len(train_source), min(len(train_source), STANDARDIZER_SAMPLE), replace=False))
         net.head.fit_standardizer(embed_source(net.backbone, train_source.subset(sample), eval_transform, image_size,

@@ -146,6 +146,19 @@ def _check_finite(value: torch.Tensor, epoch: int, step: int) -> None:
                             f"(lower --lr, or check the features); no model was written")
 
 
+def items_per_step(options: TrainOptions, loss_fn: nn.Module, n_items: int) -> int:
+    """The most training items one step of :func:`fit` embeds (of ``n_items``): a P×K batch when a miner is
+    named, ``batch_size`` items for losses that read only labels, otherwise the distinct items of
+    ``batch_size`` random triplets (at most three each)."""
+    if options.miner:
+        per_step = options.classes_per_batch * options.samples_per_class
+    elif not getattr(loss_fn, "uses_triplets", True):
+        per_step = options.batch_size
+    else:
+        per_step = 3 * options.batch_size
+    return min(per_step, n_items)
+
+
 def fit(model: nn.Module, loss_fn: nn.Module, train_x: torch.Tensor, train_y: torch.Tensor,
         options: TrainOptions, *, validate: Callable[[nn.Module], float],
         before_epoch: Callable[[int], dict[str, float]] | None = None,
