@@ -4,7 +4,7 @@ Backpropagation keeps every layer's activations of the whole batch until the bac
 fine-tuning step needs memory in proportion to images per step × image side²: MobileNetV2 at 224 px
 with a 10×25 P×K batch needed more than 17 GB and was killed by the kernel's OOM killer, after
 minutes of setup and without a word from us (docs/hashing.md, issue 12).  :func:`check_step_fits` measures, before training, what
-autograd saves for backward per image (a forward pass of 1 and of 3 blank images through a copy of
+autograd saves for backward per image (a forward pass of 2 and of 4 blank images through a copy of
 the network: the model, its BatchNorm statistics and the random number generators are untouched)
 and refuses a step that would exceed the memory available now.
 
@@ -47,14 +47,15 @@ def saved_bytes(module: nn.Module, images: torch.Tensor) -> int:
 
 def bytes_per_image(module: nn.Module, image_size: int, device: torch.device, amp: bool = False) -> tuple[int, int]:
     """(bytes per image, fixed bytes) that autograd saves in a training forward pass at ``image_size``:
-    the slope and intercept between blank batches of 1 and 3 images, on a copy of ``module`` in
-    training mode (the module and the random number generators are left as they were)."""
+    the slope and intercept between blank batches of 2 and 4 images (BatchNorm in training mode needs
+    more than one), on a copy of ``module`` in training mode (the module and the random number
+    generators are left as they were)."""
     probe = copy.deepcopy(module).train()
     devices = [device] if device.type == "cuda" else []
     with torch.random.fork_rng(devices=devices), torch.autocast(device.type, enabled=amp and device.type == "cuda"):
-        one, three = (saved_bytes(probe, torch.zeros(n, 3, image_size, image_size, device=device)) for n in (1, 3))
-    per_image = max(0, (three - one) // 2)
-    return per_image, max(0, one - per_image)
+        two, four = (saved_bytes(probe, torch.zeros(n, 3, image_size, image_size, device=device)) for n in (2, 4))
+    per_image = max(0, (four - two) // 2)
+    return per_image, max(0, two - 2 * per_image)
 
 
 def available_bytes(device: torch.device) -> int | None:

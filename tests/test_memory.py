@@ -66,3 +66,10 @@ def test_unknown_available_memory_skips_the_check(monkeypatch):
 @pytest.mark.skipif(not memory._MEMINFO.exists(), reason="Linux /proc/meminfo")
 def test_available_memory_is_read_from_meminfo():
     assert memory.available_bytes(torch.device("cpu")) > 0
+
+
+def test_a_network_with_batchnorm_in_training_mode_is_measured():
+    # BatchNorm in training mode refuses one item: the probe uses 2 and 4 (an mlp head's BatchNorm1d always trains).
+    net = nn.Sequential(nn.Flatten(), nn.Linear(3 * 4 * 4, 8), nn.BatchNorm1d(8))
+    per_image, fixed = memory.bytes_per_image(net, 4, torch.device("cpu"))
+    assert per_image >= 4 * (3 * 4 * 4 + 8)  # at least Linear's input and BatchNorm's input, float32
