@@ -73,3 +73,11 @@ def test_a_network_with_batchnorm_in_training_mode_is_measured():
     net = nn.Sequential(nn.Flatten(), nn.Linear(3 * 4 * 4, 8), nn.BatchNorm1d(8))
     per_image, fixed = memory.bytes_per_image(net, 4, torch.device("cpu"))
     assert per_image >= 4 * (3 * 4 * 4 + 8)  # at least Linear's input and BatchNorm's input, float32
+
+
+def test_finetune_with_training_batchnorm_passes_the_check(workspace, tmp_path):  # noqa: F811
+    # The mlp head's BatchNorm1d and --no-freeze-bn train with batch statistics during the probe too.
+    out = tmp_path / "mlp.h5"
+    result = invoke(CliRunner(), *args(workspace, "--epochs", "1", "--head", "mlp", "--no-freeze-bn", "-o", str(out)))
+    assert result.exit_code == 0, result.output
+    assert out.exists()
