@@ -125,7 +125,7 @@ class FloatRankScratch:
         # The counting pass reads keys, table and hist at random: the narrowest dtypes that hold
         # their values keep more of them in the first-level cache (benchmarks/RESULTS.md).
         self.keys = np.empty(n, dtype=np.uint16)  # every item's bucket (G <= MAX_BUCKETS = 2**16)
-        self.bmin = np.empty(n // KNN_BLOCK + 1, dtype=np.int32)  # smallest bucket of each block of KNN_BLOCK items
+        self.bmin = np.empty(n // KNN_BLOCK + 1, dtype=np.int32)  # each KNN_BLOCK items' smallest bucket
         self.count = np.zeros(G + 1, dtype=np.int32)  # relevant distances per bucket (zero between rows)
         # table[u]: index in A of bucket u's first relevant distance (-1 - it: 3 or more); table[G] = R
         self.table = np.empty(G + 1, dtype=np.int16 if r_max <= TABLE_INT16_MAX_R else np.int32)
@@ -171,8 +171,9 @@ def rank_chunk(fn, dist, euclidean, prescale, col_scale, row_add, row_class, mem
     r = 0
     while r < m:
         r, ng, nc = fn(dist, r, int(euclidean), int(prescale), col_scale, row_add, row_class, member_ptr, members,
-                       self_cols, k, G, KNN_BLOCK, ks_map, ks_prec, n_eff, S.count, S.table, S.rel, S.rel_bucket, S.A, S.Ab,
-                       S.hist, S.row, S.keys, S.bmin, S.top, S.cand_col, S.cand_d, sums, kth, S.groups, S.out_row, S.out_col, S.out_d)
+                       self_cols, k, G, KNN_BLOCK, ks_map, ks_prec, n_eff, S.count, S.table, S.rel, S.rel_bucket,
+                       S.A, S.Ab, S.hist, S.row, S.keys, S.bmin, S.top, S.cand_col, S.cand_d, sums, kth, S.groups,
+                       S.out_row, S.out_col, S.out_d)
         groups.append(S.groups[:ng].copy())
         rows.append(S.out_row[:nc].copy())
         cols.append(S.out_col[:nc].copy())

@@ -254,9 +254,8 @@ def ap_sums(A, R, hist, srow, ks_map, ks_prec, n_eff, groups, ng, i):
 
 @jit
 def rank_rows(dist, r_start, euclidean, prescale, col_scale, row_add, row_class, member_ptr, members, self_cols,
-              k, G, W, ks_map, ks_prec, n_eff, count, table, rel, rel_bucket, A, Ab, hist, row, keys, bmin, top_k, cand_col,
-              cand_d,
-              sums, kth, groups, out_row, out_col, out_d):
+              k, G, W, ks_map, ks_prec, n_eff, count, table, rel, rel_bucket, A, Ab, hist, row, keys, bmin, top_k,
+              cand_col, cand_d, sums, kth, groups, out_row, out_col, out_d):
     m, n = dist.shape
     top = np.float32(G - 1)
     ng = 0
@@ -335,7 +334,7 @@ def rank_rows(dist, r_start, euclidean, prescale, col_scale, row_add, row_class,
                 v = Ab[np.uint64(t)]
                 if v < 0:
                     table[np.uint64(-1 - v)] = -1 - table[np.uint64(-1 - v)]
-            # 3. one counting pass over the row: q = relevant distances <= d, tie flag, k-NN
+            # 3. every item's bucket; the k-NN candidates; one counting pass: q = relevant distances <= d, tie flag
             buckets_range(row, lo, scale, top, keys, bmin, W)
             nc = knn_buckets(row, keys, bmin, W, j_own, top_k, k, cand_col, cand_d, nc)
             count_range(row, keys, 0, j_own, table, A, hist)

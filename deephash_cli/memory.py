@@ -3,10 +3,10 @@
 Backpropagation keeps every layer's activations of the whole batch until the backward pass, so a
 fine-tuning step needs memory in proportion to images per step × image side²: MobileNetV2 at 224 px
 with a 10×25 P×K batch needed more than 17 GB and was killed by the kernel's OOM killer, after
-minutes of setup and without a word from us (docs/hashing.md, issue 12).  :func:`check_step_fits` measures, before training, what
-autograd saves for backward per image (a forward pass of 2 and of 4 blank images through a copy of
-the network: the model, its BatchNorm statistics and the random number generators are untouched)
-and refuses a step that would exceed the memory available now.
+minutes of setup and without a word from us (docs/hashing.md, issue 12).  :func:`check_step_fits`
+measures, before training, what autograd saves for backward per image (a forward pass of 2 and of
+4 blank images through a copy of the network: the model, its BatchNorm statistics and the random
+number generators are untouched) and refuses a step that would exceed the memory available now.
 
 The measure counts the tensors autograd keeps (distinct storages, parameters excluded), which is
 most of a step's peak; gradients, optimizer state and the backward pass's transient buffers come

@@ -146,16 +146,19 @@ def _check_finite(value: torch.Tensor, epoch: int, step: int) -> None:
                             f"(lower --lr, or check the features); no model was written")
 
 
-def items_per_step(options: TrainOptions, loss_fn: nn.Module, n_items: int) -> int:
-    """The most training items one step of :func:`fit` embeds (of ``n_items``): a P×K batch when a miner is
-    named, ``batch_size`` items for losses that read only labels, otherwise the distinct items of
-    ``batch_size`` random triplets (at most three each)."""
+def batch_kind(options: TrainOptions, loss_fn: nn.Module) -> str:
+    """How :func:`fit` forms a step's batch: ``pk`` (a P×K batch, when a miner is named), ``items``
+    (``batch_size`` shuffled items, for losses that read only labels) or ``triplets`` (``batch_size``
+    fresh random triplets, their distinct items embedded once)."""
     if options.miner:
-        per_step = options.classes_per_batch * options.samples_per_class
-    elif not getattr(loss_fn, "uses_triplets", True):
-        per_step = options.batch_size
-    else:
-        per_step = 3 * options.batch_size
+        return "pk"
+    return "items" if not getattr(loss_fn, "uses_triplets", True) else "triplets"
+
+
+def items_per_step(options: TrainOptions, loss_fn: nn.Module, n_items: int) -> int:
+    """The most training items one step of :func:`fit` embeds (of ``n_items``)."""
+    per_step = {"pk": options.classes_per_batch * options.samples_per_class, "items": options.batch_size,
+                "triplets": 3 * options.batch_size}[batch_kind(options, loss_fn)]
     return min(per_step, n_items)
 
 
@@ -196,9 +199,10 @@ def fit(model: nn.Module, loss_fn: nn.Module, train_x: torch.Tensor, train_y: to
     # Losses that read only labels (classification, pairwise, central similarity) take whole batches: P×K
     # batches when a miner is named (nothing is mined), otherwise shuffled batches of batch_size items.
     uses_triplets = getattr(loss_fn, "uses_triplets", True)
-    miner = make_miner(options.miner, loss_fn) if options.miner and uses_triplets else None
+    kind = batch_kind(options, loss_fn)
+    miner = make_miner(options.miner, loss_fn) if kind == "pk" and uses_triplets else None
     sampler = None
-    if options.miner:
+    if kind == "pk":
         sampler = PKBatchSampler(labels_np, options.classes_per_batch, options.samples_per_class, seed=options.seed)
     triplets_per_epoch = options.triplets_per_epoch or len(labels_np)
     groups = list(model.parameters() if parameters is None else parameters)
@@ -242,7 +246,7 @@ def fit(model: nn.Module, loss_fn: nn.Module, train_x: torch.Tensor, train_y: to
         if sampler is not None:
             sampler.set_epoch(epoch)
             planned = [(torch.as_tensor(batch, dtype=torch.long), None) for batch in sampler]
-        elif not uses_triplets:
+        elif kind == "items":
             # Every training item once per epoch, in a fresh seeded order, batch_size items a step.
             order = torch.randperm(len(labels_np), generator=generator)
             planned = [(order[i:i + options.batch_size], None) for i in range(0, len(order), options.batch_size)]
